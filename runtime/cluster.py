@@ -1,0 +1,111 @@
+"""Join the cluster: RAY_ADDRESS when set, else an embedded local cluster; helpers every app uses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import ray
+
+from runtime import constants
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class ClusterInfo:
+    address: str
+    embedded: bool
+    num_nodes: int
+    num_cpus: float
+    num_gpus: float
+    dashboard_url: str | None
+
+
+def connect(
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    include_dashboard: bool | None = None,
+    namespace: str | None = None,
+    runtime_env: dict | None = None,
+    **init_kwargs,
+) -> ClusterInfo:
+    """Connect this process to Ray and describe the cluster.
+
+    With RAY_ADDRESS set (as `ray job submit` does) it joins that cluster; otherwise it starts an
+    embedded local one sized by the arguments or STRATA_* knobs. Calling it again is a no-op, so
+    apps and libraries may both call it.
+    """
+    if not ray.is_initialized():
+        address = os.environ.get(constants.RAY_ADDRESS)
+        kwargs: dict = {"namespace": namespace, "runtime_env": runtime_env, "log_to_driver": True}
+        kwargs.update(init_kwargs)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            dashboard = constants.include_dashboard() if include_dashboard is None else include_dashboard
+            ray.init(
+                num_cpus=num_cpus or constants.local_num_cpus(),
+                object_store_memory=object_store_memory or constants.local_object_store_bytes(),
+                include_dashboard=dashboard and _dashboard_available(),
+                dashboard_host="127.0.0.1",
+                **kwargs,
+            )
+    return cluster_info()
+
+
+def cluster_info() -> ClusterInfo:
+    context = ray.get_runtime_context()
+    resources = ray.cluster_resources()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return ClusterInfo(
+        address=context.gcs_address,
+        embedded=not os.environ.get(constants.RAY_ADDRESS),
+        num_nodes=len(nodes),
+        num_cpus=resources.get("CPU", 0.0),
+        num_gpus=resources.get("GPU", 0.0),
+        dashboard_url=_dashboard_url(),
+    )
+
+
+def _dashboard_url() -> str | None:
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def _dashboard_available() -> bool:
+    """The dashboard needs ray[default]'s extra packages; without them ray.init would fail."""
+    try:
+        import aiohttp  # noqa: F401
+        import aiohttp_cors  # noqa: F401
+    except ImportError:
+        logger.warning("ray dashboard dependencies missing; starting without the dashboard")
+        return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on host (for HTTP servers and head nodes in tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def alive_nodes() -> list[dict]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def nodes_with_resource(resource: str) -> list[dict]:
+    """Alive nodes that declare a custom resource (node roles such as 'role_train')."""
+    return [node for node in alive_nodes() if node.get("Resources", {}).get(resource, 0) > 0]
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

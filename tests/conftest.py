@@ -1,0 +1,98 @@
+"""Shared fixtures: one single-node Ray cluster per test session, and a multi-node cluster.
+
+`ray_local` hands out ONE session-wide local cluster (started lazily, fixed num_cpus) so the suite
+pays Ray's start-up once. `multinode_cluster` builds a real `ray.cluster_utils.Cluster` (a head and 3
+worker raylets on this machine) for node loss, cordoning and spares; while it is up, the local
+cluster is shut down (a driver connects to one cluster at a time) and `ray_local` restarts it later.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import ray
+
+LOCAL_NUM_CPUS = 4
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
+
+# Multi-node layout. Custom resources stand in for GPUs ("fake_gpu") and node roles ("role_*");
+# labels carry the same roles for label selectors.
+MULTINODE_HEAD = {"num_cpus": 1, "resources": {"role_head": 1}, "labels": {"strata.io/role": "head"}}
+MULTINODE_WORKERS = [
+    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
+    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
+    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_spare": 1}, "labels": {"strata.io/role": "spare"}},
+]
+
+_state = {"local_started_here": False}
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; no GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def _start_local_ray() -> None:
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(
+        num_cpus=LOCAL_NUM_CPUS,
+        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        log_to_driver=True,
+        namespace="strata-tests",
+    )
+    _state["local_started_here"] = True
+
+
+@pytest.fixture
+def ray_local():
+    """The session's single-node Ray cluster (started on first use); yields ray's runtime context."""
+    if not ray.is_initialized():
+        _start_local_ray()
+    yield ray.get_runtime_context()
+
+
+@pytest.fixture(scope="module")
+def multinode_cluster():
+    """A head node and 3 worker nodes (2 train, 1 spare) as separate raylets; the driver is connected.
+
+    Module-scoped: share it across a test module's multi-node tests. Tests may add or remove nodes
+    (`cluster.add_node(**MULTINODE_WORKERS[0])`, `cluster.remove_node(node)`).
+    """
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={**MULTINODE_HEAD, "include_dashboard": False, "object_store_memory": 256 * 1024**2},
+    )
+    for spec in MULTINODE_WORKERS:
+        cluster.add_node(**spec, object_store_memory=256 * 1024**2)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+# Test helpers live in tests/fakes and tests/helpers; make them importable as top-level modules.
+sys.path.insert(0, os.path.dirname(__file__))

@@ -1,0 +1,1 @@
+"""Fakes for hardware this machine lacks (GPU, NVML, robots) and tiny models."""
