@@ -45,6 +45,7 @@ from runtime.robot.formats.lerobot_layout import (
     infer_features,
     to_data_table,
 )
+from runtime.robot.formats.lerobot_read import LeRobotDataset, read_lerobot
 from runtime.robot.formats.video import DEFAULT_VIDEO_CODEC, VideoFileWriter
 
 __all__ = ["LeRobotWriter", "LeRobotWriterConfig", "read_lerobot", "LeRobotDataset"]
@@ -234,19 +235,3 @@ def _episode_stats(data: pa.Table, features: dict, videos: dict[str, np.ndarray]
                 zero_copy_only=False))
             stats[key] = lerobot_stats.array_stats(values.astype(np.float64))
     return stats
-
-
-def read_lerobot(root: str | Path, **kwargs: Any):
-    """A `ray.data.Dataset` of frame rows (runtime.robot.schema) read from a LeRobot v3.0 dataset."""
-    from runtime.robot.formats.lerobot_read import read_lerobot as _read
-
-    return _read(root, **kwargs)
-
-
-def __getattr__(name: str):
-    if name == "LeRobotDataset":
-        from runtime.robot.formats.lerobot_read import LeRobotDataset
-
-        return LeRobotDataset
-    raise AttributeError(name)
-
