@@ -1,0 +1,89 @@
+"""Application builders, shaped like Ray Serve LLM's.
+
+    build_pd_openai_app(args):  OpenAiIngress -> Decode:<model> -> Prefill:<model>
+    build_openai_app(args):     OpenAiIngress -> LLMServer:<model>   (one engine does both)
+
+`args` is `LLMServingArgs` (or its dict form, as `serve run` passes a YAML's `args:`).
+"""
+
+# No `from __future__ import annotations` here: Serve reads the builder's annotation as a class to
+# validate YAML args into it.
+from typing import Any, Union
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.deployment import Application
+
+from serve_apps.llm.config import LLMConfig, LLMServingArgs, deployment_name, deployment_options
+from serve_apps.llm.ingress import OpenAiIngress
+from serve_apps.llm.pd_server import PDDecodeServer, PDPrefillServer
+from serve_apps.llm.server import LLMServer
+
+ROUTING_STATS_PERIOD_S = 1.0
+INGRESS_DEFAULT_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.25},
+    "max_ongoing_requests": 512,
+    "graceful_shutdown_timeout_s": 5.0,
+}
+
+
+def _router_config(router_class: str, **kwargs: Any) -> RequestRouterConfig:
+    return RequestRouterConfig(
+        request_router_class=f"serve_apps.llm.router:{router_class}",
+        request_router_kwargs=kwargs,
+        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+    )
+
+
+def _validate(args: Union[LLMServingArgs, dict]) -> LLMServingArgs:
+    return args if isinstance(args, LLMServingArgs) else LLMServingArgs.model_validate(args)
+
+
+def _max_model_len(config: LLMConfig) -> int | None:
+    value = config.engine_kwargs.get("max_model_len")
+    return int(value) if value else None
+
+
+def _ingress(args: LLMServingArgs, servers: dict[str, Application]) -> Application:
+    options = {**INGRESS_DEFAULT_OPTIONS, **args.ingress_deployment_config}
+    lens = {c.model_id: n for c in args.llm_configs if (n := _max_model_len(c))}
+    return serve.deployment(OpenAiIngress, name="OpenAiIngress", **options).bind(
+        llm_deployments=servers, api_key=args.api_key, max_model_lens=lens
+    )
+
+
+def build_openai_app(args: LLMServingArgs) -> Application:
+    """Colocated: each model is one `LLMServer:<model>` deployment whose engine prefills and decodes."""
+    args = _validate(args)
+    servers = {}
+    for config in args.llm_configs:
+        deployment = serve.deployment(
+            LLMServer,
+            name=deployment_name(LLMServer.name_prefix, config.model_id),
+            request_router_config=_router_config("KVCapacityRouter"),
+            **deployment_options(config.deployment_config),
+        )
+        servers[config.model_id] = deployment.bind(config.model_dump())
+    return _ingress(args, servers)
+
+
+def build_pd_openai_app(args: LLMServingArgs) -> Application:
+    """Disaggregated: `Decode:<model>` replicas call `Prefill:<model>` replicas and pull their KV."""
+    args = _validate(args)
+    servers = {}
+    for config in args.llm_configs:
+        prefill = serve.deployment(
+            PDPrefillServer,
+            name=deployment_name(PDPrefillServer.name_prefix, config.model_id),
+            request_router_config=_router_config("PrefixAffinityRouter"),
+            **deployment_options(config.prefill_deployment_config),
+        ).bind(config.model_dump())
+        decode = serve.deployment(
+            PDDecodeServer,
+            name=deployment_name(PDDecodeServer.name_prefix, config.model_id),
+            request_router_config=_router_config("KVCapacityRouter"),
+            **deployment_options(config.decode_deployment_config),
+        )
+        servers[config.model_id] = decode.bind(config.model_dump(), prefill_server=prefill)
+    return _ingress(args, servers)

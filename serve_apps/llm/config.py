@@ -1,0 +1,123 @@
+"""Serve/YAML args for the LLM apps (pydantic at the edge, as Ray Serve LLM's `LLMServingArgs`).
+
+A model is a checkpoint directory plus engine kwargs; adding one to `llm_configs` serves it under
+its `model_id` with no code change. `$VARS` in `model_source` are expanded so one YAML fits any host.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Options a deployment accepts from YAML (a subset of `serve.deployment` options we pass through).
+DEPLOYMENT_OPTION_KEYS = frozenset(
+    {
+        "num_replicas",
+        "autoscaling_config",
+        "ray_actor_options",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "health_check_period_s",
+        "health_check_timeout_s",
+        "graceful_shutdown_timeout_s",
+        "graceful_shutdown_wait_loop_s",
+        "placement_group_bundles",
+        "placement_group_strategy",
+    }
+)
+
+DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.5},
+    "max_ongoing_requests": 32,
+    "max_queued_requests": 64,
+    "health_check_period_s": 2.0,
+    "graceful_shutdown_timeout_s": 5.0,
+}
+
+
+def _check_deployment_options(field: str, options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - DEPLOYMENT_OPTION_KEYS
+    if unknown:
+        raise ValueError(f"{field} has unknown keys {sorted(unknown)}; allowed: {sorted(DEPLOYMENT_OPTION_KEYS)}")
+    if "num_replicas" in options and "autoscaling_config" in options:
+        raise ValueError(f"{field}: set num_replicas or autoscaling_config, not both")
+    return options
+
+
+def deployment_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with the user's options (autoscaling replaces the fixed replica count)."""
+    merged = {**DEFAULT_DEPLOYMENT_OPTIONS, **options}
+    if "autoscaling_config" in options:
+        merged.pop("num_replicas", None)
+    return merged
+
+
+class KVTransferConfig(BaseModel):
+    """How prefill hands KV to decode (only used by the pd app)."""
+
+    model_config = ConfigDict(extra="forbid")
+    transport: str = "object_store"
+    max_inflight_transfers: int = Field(8, ge=1)
+    min_prompt_tokens: int = Field(32, ge=0, description="shorter prompts are prefilled on decode")
+    prefill_timeout_s: float = Field(30.0, gt=0, description="after this, decode prefills locally")
+
+
+class LLMConfig(BaseModel):
+    """One served model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_id: str | None = None
+    model_source: str = Field(description="HF-format checkpoint directory")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_waiting_requests: int = Field(64, ge=1, description="per-replica queue bound; beyond it 429")
+    torch_num_threads: int | None = Field(1, ge=1, description="intra-op threads per replica")
+    deployment_config: dict[str, Any] = Field(default_factory=dict, description="colocated LLMServer")
+    prefill_deployment_config: dict[str, Any] = Field(default_factory=dict)
+    decode_deployment_config: dict[str, Any] = Field(default_factory=dict)
+    kv_transfer_config: KVTransferConfig = Field(default_factory=KVTransferConfig)
+
+    @field_validator("model_source")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return os.path.expanduser(os.path.expandvars(value))
+
+    @field_validator("deployment_config", "prefill_deployment_config", "decode_deployment_config")
+    @classmethod
+    def _check_options(cls, value: dict[str, Any], info) -> dict[str, Any]:
+        return _check_deployment_options(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _default_model_id(self) -> LLMConfig:
+        if not self.model_id:
+            self.model_id = os.path.basename(os.path.normpath(self.model_source))
+        return self
+
+
+class LLMServingArgs(BaseModel):
+    """Args of `build_openai_app` and `build_pd_openai_app` (also the `args:` of a Serve config YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    llm_configs: list[LLMConfig] = Field(min_length=1)
+    ingress_deployment_config: dict[str, Any] = Field(default_factory=dict)
+    api_key: str | None = Field(None, description="if set, requests need `Authorization: Bearer KEY`")
+    request_timeout_s: float = Field(600.0, gt=0)
+
+    @field_validator("ingress_deployment_config")
+    @classmethod
+    def _check_ingress(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_deployment_options("ingress_deployment_config", value)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> LLMServingArgs:
+        ids = [config.model_id for config in self.llm_configs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"llm_configs model_id values must be unique, got {ids}")
+        return self
+
+
+def deployment_name(prefix: str, model_id: str) -> str:
+    """`Prefill:<model>` / `Decode:<model>` / `LLMServer:<model>`, sanitised as Ray Serve LLM does."""
+    return prefix + model_id.replace("/", "--").replace(".", "_")

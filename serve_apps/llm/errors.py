@@ -1,0 +1,100 @@
+"""OpenAI-style errors: every user mistake becomes a 4xx with `{"error": {...}}`, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+
+
+class OpenAIError(Exception):
+    """An error with an HTTP status that the ingress turns into an OpenAI error body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.param = param
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.status_code, param=self.param, code=self.code)
+
+    def to_chunk(self) -> dict[str, Any]:
+        """The form a server replica yields in place of output (exceptions do not cross Serve cleanly)."""
+        return {"error": self.body()["error"], "status_code": self.status_code, "retry_after_s": self.retry_after_s}
+
+    @classmethod
+    def from_chunk(cls, chunk: dict[str, Any]) -> OpenAIError:
+        error = chunk["error"]
+        return cls(
+            error["message"],
+            status_code=chunk["status_code"],
+            param=error.get("param"),
+            code=error.get("code"),
+            retry_after_s=chunk.get("retry_after_s"),
+        )
+
+    def to_response(self) -> JSONResponse:
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after_s)))
+        return JSONResponse(self.body(), status_code=self.status_code, headers=headers)
+
+
+def error_body(message: str, status_code: int, *, param: str | None = None, code: str | None = None) -> dict:
+    error_type = _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    message = first.get("msg", "invalid value")
+    return (f"{param}: {message}" if param else message), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map FastAPI's own errors (bad JSON, wrong types, unknown routes) to OpenAI error bodies."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, 400, param=param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(exc.detail), exc.status_code), status_code=exc.status_code)
+
+    @app.exception_handler(OpenAIError)
+    async def _on_openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.to_response()

@@ -1,0 +1,84 @@
+"""Turn the engine's cumulative outputs into the small delta chunks a server replica streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(kw_only=True, slots=True)
+class _ChoiceState:
+    num_tokens: int = 0
+    text_len: int = 0
+    base_tokens: int = 0  # tokens sent before the engine's cumulative output starts (see rebase)
+    base_text_len: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class DeltaTracker:
+    """Per-request cursor over cumulative `CompletionOutput`s (token_ids, text, logprobs).
+
+    Cumulative fields make the deltas exact even when a decode engine re-reports the first token
+    that the prefill replica already streamed.
+    """
+
+    tokenizer: Any
+    num_logprobs: int | None
+    num_prompt_tokens: int
+    choices: dict[int, _ChoiceState] = field(default_factory=dict)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(choice.num_tokens for choice in self.choices.values())
+
+    def delta(self, completion: Any, finished: bool = False) -> dict[str, Any] | None:
+        """The new part of one choice, or None when nothing changed."""
+        state = self.choices.setdefault(completion.index, _ChoiceState())
+        token_ids = list(completion.token_ids)
+        seen_tokens = state.num_tokens - state.base_tokens
+        seen_text = state.text_len - state.base_text_len
+        new_ids = token_ids[seen_tokens:]
+        text = completion.text or ""
+        new_text = text[seen_text:]
+        finish_reason = completion.finish_reason
+        if not new_ids and not new_text and finish_reason == state.finish_reason:
+            return None
+        chunk: dict[str, Any] = {
+            "index": completion.index,
+            "text": new_text,
+            "token_ids": new_ids,
+            "finish_reason": finish_reason,
+        }
+        if self.num_logprobs is not None and completion.logprobs is not None:
+            chunk["logprobs"] = [
+                self._logprob_entry(token_id, entry)
+                for token_id, entry in zip(new_ids, completion.logprobs[seen_tokens:])
+            ]
+        state.num_tokens = state.base_tokens + len(token_ids)
+        state.text_len = state.base_text_len + max(seen_text, len(text))
+        state.finish_reason = finish_reason
+        return chunk
+
+    def rebase(self) -> None:
+        """The next outputs come from a fresh engine request that continues after what was sent."""
+        for state in self.choices.values():
+            state.base_tokens = state.num_tokens
+            state.base_text_len = state.text_len
+
+    def chunk(self, request_output: Any) -> dict[str, Any] | None:
+        """One stream chunk for a RequestOutput: all choices that advanced."""
+        outputs = [self.delta(c) for c in request_output.outputs]
+        outputs = [o for o in outputs if o is not None]
+        if not outputs:
+            return None
+        return {"prompt_tokens": self.num_prompt_tokens, "outputs": outputs}
+
+    def _logprob_entry(self, token_id: int, entry: dict[int, float]) -> dict[str, Any]:
+        ranked = sorted(entry.items(), key=lambda item: item[1], reverse=True)
+        top = [[self._token_text(tid), float(lp)] for tid, lp in ranked[: self.num_logprobs or 0]]
+        sampled = entry.get(token_id, ranked[0][1] if ranked else 0.0)
+        return {"token": self._token_text(token_id), "logprob": float(sampled), "top": top}
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])

@@ -1,0 +1,205 @@
+"""`LLMServer:<model>`: a Serve replica that owns one engine and streams delta chunks to the ingress.
+
+Colocated mode uses it as is (role "both"); the pd app subclasses it (`pd_server.py`). Errors a
+user caused are yielded as `{"error": ...}` chunks so they reach the ingress as 4xx, not as a
+replica exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from serve_apps.llm.config import LLMConfig
+from serve_apps.llm.engine_loop import AsyncEngine
+from serve_apps.llm.errors import OpenAIError
+from serve_apps.llm.metrics import ServeMetrics
+from serve_apps.llm.outputs import DeltaTracker
+from serve_apps.llm.protocol import GenerateRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class PreparedRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: Any  # runtime.engine.SamplingParams
+    num_logprobs: int | None
+    prompt_text: str | None
+
+
+class LLMServer:
+    """One engine per replica; `generate` is a streaming Serve method."""
+
+    role = "both"
+    name_prefix = "LLMServer:"
+
+    def __init__(self, llm_config: dict[str, Any]):
+        import torch
+        from runtime.engine import LLMEngine
+
+        self.llm_config = LLMConfig.model_validate(llm_config)
+        if self.llm_config.torch_num_threads:
+            torch.set_num_threads(self.llm_config.torch_num_threads)
+        engine = LLMEngine(self.llm_config.model_source, role=self.role, **self.llm_config.engine_kwargs)
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = _vocab_size(engine)
+        self.engine = AsyncEngine(engine, max_waiting_requests=self.llm_config.max_waiting_requests)
+        self.metrics = ServeMetrics(deployment=self.name_prefix + self.llm_config.model_id, model=self.llm_config.model_id)
+        self._metrics_task: asyncio.Task | None = None
+
+    # -- Serve hooks --------------------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        if not self.engine._thread.is_alive():
+            raise RuntimeError("engine loop thread died")
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Read by the request routers (decode: free KV blocks) every request_routing_stats_period_s."""
+        stats = self.engine.stats()
+        return {
+            "num_free_blocks": stats.get("num_free_blocks", 0),
+            "num_total_blocks": stats.get("num_total_blocks", 0),
+            "num_running": stats.get("num_running", 0),
+            "num_waiting": stats.get("num_waiting", 0),
+        }
+
+    async def engine_stats(self) -> dict[str, Any]:
+        """Engine counters plus replica-level ones (tests and the planner read these)."""
+        return {**self.engine.stats(), "num_requests": self.engine.num_requests}
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+    # -- request path -------------------------------------------------------------------------
+
+    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        self._ensure_metrics_task()
+        try:
+            prepared = self.prepare(GenerateRequest.model_validate(request))
+        except OpenAIError as exc:
+            yield exc.to_chunk()
+            return
+        try:
+            async for chunk in self.stream(prepared):
+                yield chunk
+        except OpenAIError as exc:
+            yield exc.to_chunk()
+
+    def prepare(self, request: GenerateRequest) -> PreparedRequest:
+        from runtime.engine import SamplingParams
+
+        if request.messages is not None:
+            prompt_text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
+            prompt_ids = list(self.tokenizer.encode(prompt_text))
+        elif isinstance(request.prompt, str):
+            prompt_text = request.prompt
+            prompt_ids = list(self.tokenizer.encode(prompt_text))
+        else:
+            prompt_ids = list(request.prompt or [])
+            if self.vocab_size and any(t >= self.vocab_size for t in prompt_ids):
+                raise OpenAIError(f"prompt token ids must be < vocab size {self.vocab_size}", param="prompt")
+            prompt_text = self.tokenizer.decode(prompt_ids) if request.echo else None
+        if not prompt_ids:
+            raise OpenAIError("prompt must not be empty", param="prompt")
+        num_prompt = len(prompt_ids)
+        room = self.max_model_len - num_prompt
+        if room < 1:
+            raise OpenAIError(
+                f"prompt has {num_prompt} tokens; this model's context is {self.max_model_len} tokens",
+                param="prompt", code="context_length_exceeded",
+            )
+        sampling = dict(request.sampling)
+        if sampling.get("max_tokens") is None:
+            sampling["max_tokens"] = room
+        elif sampling["max_tokens"] > room:
+            raise OpenAIError(
+                f"max_tokens {sampling['max_tokens']} + prompt {num_prompt} tokens exceeds the context of "
+                f"{self.max_model_len} tokens", param="max_tokens", code="context_length_exceeded",
+            )
+        try:
+            params = SamplingParams(**sampling, logprobs=request.num_logprobs)
+        except (ValueError, TypeError) as exc:
+            raise OpenAIError(str(exc)) from None
+        return PreparedRequest(
+            request_id=request.request_id, prompt_token_ids=prompt_ids, params=params,
+            num_logprobs=request.num_logprobs, prompt_text=prompt_text if request.echo else None,
+        )
+
+    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[dict[str, Any]]:
+        """Run the request on the local engine (both roles; decode's fallback path)."""
+        tracker = self.new_tracker(prepared)
+        async for chunk in self.stream_engine(prepared, tracker, time.perf_counter()):
+            yield chunk
+
+    def new_tracker(self, prepared: PreparedRequest) -> DeltaTracker:
+        return DeltaTracker(
+            tokenizer=self.tokenizer, num_logprobs=prepared.num_logprobs,
+            num_prompt_tokens=len(prepared.prompt_token_ids),
+        )
+
+    async def stream_engine(
+        self,
+        prepared: PreparedRequest,
+        tracker: DeltaTracker,
+        start_s: float,
+        *,
+        prompt: Any = None,
+        kv_package: Any = None,
+        on_added: Any = None,
+        first_token_s: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream engine outputs as delta chunks and record latency metrics for the request."""
+        last_s = first_token_s
+        finish_reason = None
+        first = prepared.prompt_text is not None
+        outputs = self.engine.generate(
+            prepared.request_id, prompt if prompt is not None else prepared.prompt_token_ids,
+            prepared.params, kv_package=kv_package, on_added=on_added,
+        )
+        del kv_package
+        async for output in outputs:
+            chunk = tracker.chunk(output)
+            if chunk is None:
+                continue
+            now = time.perf_counter()
+            if last_s is None:
+                first_token_s = now
+            else:
+                self.metrics.observe_itl(now - last_s)
+            last_s = now
+            if first:
+                chunk["prompt_text"] = prepared.prompt_text
+                first = False
+            finish_reason = chunk["outputs"][-1]["finish_reason"] or finish_reason
+            yield chunk
+        self.metrics.observe_request(
+            ttft_s=None if first_token_s is None else first_token_s - start_s,
+            e2e_s=time.perf_counter() - start_s, num_prompt_tokens=tracker.num_prompt_tokens,
+            num_output_tokens=tracker.num_output_tokens, finish_reason=finish_reason,
+        )
+
+    def _ensure_metrics_task(self) -> None:
+        if self._metrics_task is None or self._metrics_task.done():
+            self._metrics_task = asyncio.get_running_loop().create_task(self._publish_metrics())
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            self.metrics.observe_engine(self.engine.stats())
+            await asyncio.sleep(1.0)
+
+
+def _vocab_size(engine: Any) -> int | None:
+    for owner in (engine, getattr(engine, "tokenizer", None), getattr(engine, "config", None)):
+        size = getattr(owner, "vocab_size", None)
+        if isinstance(size, int):
+            return size
+    return None
