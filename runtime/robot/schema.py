@@ -134,7 +134,7 @@ def conform(table: pa.Table, schema: pa.Schema | None = None) -> pa.Table:
 
 def frames_to_table(frames: Iterable[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
     """Build a frame table from dicts holding numpy arrays, bytes and scalars."""
-    rows = [{key: _to_arrow_value(value) for key, value in frame.items()} for frame in frames]
+    rows = list(frames)
     if not rows:
         raise ValueError("frames must hold at least one frame")
     if schema is None:
@@ -144,13 +144,23 @@ def frames_to_table(frames: Iterable[dict[str, Any]], schema: pa.Schema | None =
             [k[len(DEPTH_PREFIX) :] for k in keys if k.startswith(DEPTH_PREFIX)],
             POINTCLOUD in keys,
         )
-    columns = {field.name: [row.get(field.name) for row in rows] for field in schema}
-    return pa.Table.from_pydict(columns, schema=schema)
+    columns = [_column([row.get(field.name) for row in rows], field.type) for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _column(values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+    if pa.types.is_list(arrow_type) and all(isinstance(v, np.ndarray) for v in values):
+        flat = [np.asarray(v).ravel() for v in values]
+        offsets = np.zeros(len(flat) + 1, np.int32)
+        offsets[1:] = np.cumsum([len(f) for f in flat])
+        data = np.concatenate(flat).astype(arrow_type.value_type.to_pandas_dtype(), copy=False)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(data, arrow_type.value_type))
+    return pa.array([_to_arrow_value(v) for v in values], arrow_type)
 
 
 def _to_arrow_value(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        return value.astype(np.float32).ravel().tolist() if value.dtype.kind == "f" else value.tolist()
+        return value.ravel().tolist()
     if isinstance(value, np.generic):
         return value.item()
     return value

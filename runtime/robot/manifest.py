@@ -1,0 +1,184 @@
+"""Episode-level commit with a manifest, and quarantine of corrupt inputs.
+
+A pipeline run killed at any point and started again must end with every episode exactly once.
+Ray Data retries tasks but has no notion of "this episode is already on disk", so each episode is
+committed on its own: written under a temporary name, fsynced, renamed to a name derived from its
+`episode_source` (a retry overwrites, never duplicates), then recorded by one appended line in
+`manifest.jsonl`. On restart the manifest's sources are skipped at read time. The final dataset is
+assembled from the committed episodes in source order, so it is the same whatever the interruptions.
+
+Work layout under the output directory:
+    .strata/manifest.jsonl      one JSON line per committed episode
+    .strata/staging/*.parquet   committed episodes (runtime.robot.schema rows)
+    quarantine/quarantine.jsonl one JSON line per rejected input: source and reason
+    quarantine/<file>           a copy of each rejected input file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.datasource import Datasink
+
+from runtime.robot import schema as S
+
+WORK_DIR = ".strata"
+QUARANTINE_DIR = "quarantine"
+
+
+def _append_line(path: Path, record: dict) -> None:
+    """Append one JSON line atomically enough for concurrent writers (O_APPEND, one write, fsync)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill mid-write: that commit never happened
+            continue
+    return records
+
+
+class Quarantine:
+    """Rejected inputs of a pipeline run under `<root>/quarantine/`."""
+
+    def __init__(self, root: str | Path):
+        self.dir = Path(root) / QUARANTINE_DIR
+        self.journal = self.dir / "quarantine.jsonl"
+
+    def add(self, source: str, reason: str) -> None:
+        path = Path(source.split("#", 1)[0])
+        copied_to = None
+        if path.is_file():
+            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+            target = self.dir / f"{digest}-{path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied_to = str(target)
+        elif path.is_dir():
+            target = self.dir / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}-{path.name}"
+            shutil.copytree(path, target, dirs_exist_ok=True)
+            copied_to = str(target)
+        _append_line(self.journal, {"source": source, "reason": reason, "copied_to": copied_to, "time": time.time()})
+
+    def entries(self) -> list[dict]:
+        """One entry per source (the latest), in source order."""
+        latest = {record["source"]: record for record in _read_lines(self.journal)}
+        return [latest[source] for source in sorted(latest)]
+
+
+class EpisodeManifest:
+    """Committed episodes of one output directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.work = self.root / WORK_DIR
+        self.staging = self.work / "staging"
+        self.journal = self.work / "manifest.jsonl"
+
+    def committed(self) -> dict[str, dict]:
+        """episode_source -> manifest entry, for every committed episode whose file is present."""
+        entries = {}
+        for record in _read_lines(self.journal):
+            if (self.staging / record["file"]).exists():
+                entries[record["source"]] = record
+        return entries
+
+    def staged_path(self, source: str) -> Path:
+        return self.staging / (hashlib.sha1(source.encode()).hexdigest()[:20] + ".parquet")
+
+    def commit(self, episode: pa.Table) -> dict[str, Any]:
+        """Commit one complete episode; returns its manifest entry."""
+        sources = set(episode.column(S.EPISODE_SOURCE).to_pylist())
+        if len(sources) != 1 or None in sources:
+            raise ValueError(f"an episode to commit needs one episode_source, got {sorted(map(str, sources))}")
+        source = sources.pop()
+        frame_index = episode.column(S.FRAME_INDEX).to_numpy()
+        if not np.array_equal(np.sort(frame_index), np.arange(episode.num_rows)):
+            raise ValueError(f"episode {source} is incomplete: frame_index is not 0..{episode.num_rows - 1}")
+        final = self.staged_path(source)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.with_suffix(f".tmp-{os.getpid()}")
+        pq.write_table(episode, temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+        entry = {"source": source, "file": final.name, "num_frames": episode.num_rows,
+                 "num_points": _num_points(episode), "time": time.time()}
+        _append_line(self.journal, entry)
+        return entry
+
+    def iter_committed(self) -> Iterator[tuple[str, pa.Table]]:
+        """(source, episode table) for every committed episode, in source order, one at a time."""
+        committed = self.committed()
+        for source in sorted(committed):
+            yield source, pq.read_table(self.staging / committed[source]["file"])
+
+
+def _num_points(table: pa.Table) -> int:
+    if S.POINTCLOUD_NUM_POINTS not in table.column_names:
+        return 0
+    return int(pa.compute.sum(table.column(S.POINTCLOUD_NUM_POINTS)).as_py() or 0)
+
+
+def commit_block(root: str | Path, block: pa.Table) -> list[dict[str, Any]]:
+    """Commit every episode in a block (a block holds whole episodes)."""
+    manifest = EpisodeManifest(root)
+    return [manifest.commit(episode) for episode in S.episode_tables(block)]
+
+
+def summarize(entries: Iterable[dict]) -> dict[str, int]:
+    entries = list(entries)
+    return {"episodes": len(entries), "frames": sum(e["num_frames"] for e in entries),
+            "points": sum(e["num_points"] for e in entries)}
+
+
+class EpisodeCommitSink(Datasink):
+    """Ray Data sink committing each episode of each block to an EpisodeManifest.
+
+    Blocks must hold whole episodes: the episode datasources yield one block per episode and the
+    labeling stages map whole blocks (`batch_size=None`). `entries` holds what was committed.
+    """
+
+    def __init__(self, root: str | Path, on_commit=None):
+        self.root = str(root)
+        self.on_commit = on_commit
+        self.entries: list[dict[str, Any]] = []
+
+    def get_name(self) -> str:
+        return "EpisodeCommit"
+
+    def write(self, blocks: Iterable[pa.Table], ctx) -> list[dict[str, Any]]:
+        entries = []
+        for block in blocks:
+            if not isinstance(block, pa.Table):
+                block = pa.Table.from_pandas(block, preserve_index=False)
+            committed = commit_block(self.root, block)
+            if self.on_commit is not None:
+                self.on_commit(committed)
+            entries.extend(committed)
+        return entries
+
+    def on_write_complete(self, write_result) -> None:
+        self.entries = [entry for entries in write_result.write_returns for entry in entries]
