@@ -47,6 +47,7 @@ def pytest_collection_modifyitems(config, items):
 def _start_local_ray() -> None:
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(
+        address="local",  # never join another session's `ray start` cluster found in /tmp/ray
         num_cpus=LOCAL_NUM_CPUS,
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
         include_dashboard=False,
