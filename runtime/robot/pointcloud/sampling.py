@@ -1,0 +1,168 @@
+"""Farthest point sampling (FPS): pick num_samples points, each the farthest from those already picked.
+
+Three exact implementations of the same greedy rule (distances in float32 as (dx*dx + dy*dy) + dz*dz;
+ties go to the lowest index), chosen by size:
+- dense: one cloud, every point's min-distance updated per pick (axis-major buffers, in-place ufuncs);
+- bucketed: large clouds. Points are grouped into spatially compact buckets (Morton order of a
+  coarse grid, fixed-size chunks); a pick only touches buckets whose bounding box is closer to it than
+  their current farthest point, which after the first few picks is a small fraction of the cloud.
+  (Exact; only ties between duplicate points may resolve to another copy of the same point.)
+- batched: many small clouds (a Ray Data batch) padded into one (B, N) array, so each of the
+  num_samples steps costs a handful of numpy calls for the whole batch instead of per cloud.
+A cloud with fewer distinct points than num_samples repeats index 0 once all its points are taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_BUCKETED_MIN_POINTS = 16384
+_BUCKET_SIZE = 128
+_GRID_BITS = 5  # 32 cells per axis -> 15-bit Morton codes (numpy radix-sorts int16)
+
+
+def _check(num_points: int, num_samples: int, start_index: int) -> None:
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if num_points and not 0 <= start_index < num_points:
+        raise ValueError(f"start_index must be in [0, {num_points}), got {start_index}")
+
+
+def _fps_dense(xyz: np.ndarray, num_samples: int, start_index: int) -> np.ndarray:
+    x, y, z = (np.ascontiguousarray(xyz[:, axis]) for axis in range(3))
+    min_dist = np.full(len(x), np.inf, dtype=np.float32)
+    dist = np.empty_like(min_dist)
+    scratch = np.empty_like(min_dist)
+    picked = np.empty(num_samples, dtype=np.int64)
+    farthest = start_index
+    for step in range(num_samples):
+        picked[step] = farthest
+        np.subtract(x, x[farthest], out=dist)
+        np.multiply(dist, dist, out=dist)
+        np.subtract(y, y[farthest], out=scratch)
+        np.multiply(scratch, scratch, out=scratch)
+        dist += scratch
+        np.subtract(z, z[farthest], out=scratch)
+        np.multiply(scratch, scratch, out=scratch)
+        dist += scratch
+        np.minimum(min_dist, dist, out=min_dist)
+        farthest = int(min_dist.argmax())
+    return picked
+
+
+def _spread_bits(values: np.ndarray) -> np.ndarray:
+    spread = np.zeros_like(values)
+    for bit in range(_GRID_BITS):
+        spread |= ((values >> bit) & 1) << (3 * bit)
+    return spread
+
+
+def _morton_order(xyz: np.ndarray) -> np.ndarray:
+    low = xyz.min(axis=0)
+    span = np.maximum(xyz.max(axis=0) - low, np.float32(1e-12))
+    grid = 1 << _GRID_BITS
+    cells = np.minimum(((xyz - low) * (grid / span)).astype(np.int32), grid - 1)
+    codes = _spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << 1) | (_spread_bits(cells[:, 2]) << 2)
+    return np.argsort(codes.astype(np.int16), kind="stable")
+
+
+def _fps_bucketed(xyz: np.ndarray, num_samples: int, start_index: int) -> np.ndarray:
+    num_points, size = len(xyz), _BUCKET_SIZE
+    order = _morton_order(xyz)
+    num_buckets = -(-num_points // size)
+    if num_buckets * size > num_points:  # pad with copies of the last point: same distances, same point
+        order = np.concatenate([order, np.full(num_buckets * size - num_points, order[-1])])
+    buckets = np.ascontiguousarray(xyz[order].reshape(num_buckets, size, 3).transpose(0, 2, 1))
+    box_low = np.ascontiguousarray(buckets.min(axis=2).T)  # (3, num_buckets)
+    box_high = np.ascontiguousarray(buckets.max(axis=2).T)
+    min_dist = np.full((num_buckets, size), np.inf, dtype=np.float32)
+    bucket_max = np.full(num_buckets, np.inf, dtype=np.float32)
+    bucket_argmax = np.zeros(num_buckets, dtype=np.int64)
+    position = np.empty(num_points, dtype=np.int64)
+    position[order[:num_points]] = np.arange(num_points)
+    bucket, slot = divmod(int(position[start_index]), size)
+    picked = np.empty(num_samples, dtype=np.int64)
+    gap = np.empty((2, 3, num_buckets), dtype=np.float32)
+    for step in range(num_samples):
+        picked[step] = bucket * size + slot
+        query = buckets[bucket, :, slot : slot + 1]  # (3, 1)
+        # Squared distance from the pick to each bucket's box: a lower bound for all its points.
+        np.subtract(box_low, query, out=gap[0])
+        np.subtract(query, box_high, out=gap[1])
+        box_gap = gap.max(axis=0)
+        np.maximum(box_gap, 0, out=box_gap)
+        np.square(box_gap, out=box_gap)
+        lower_bound = box_gap[0] + box_gap[1]
+        lower_bound += box_gap[2]
+        touched = np.flatnonzero(lower_bound < bucket_max)
+        diff = np.take(buckets, touched, axis=0)
+        diff -= query
+        np.square(diff, out=diff)
+        dist = diff[:, 0] + diff[:, 1]
+        dist += diff[:, 2]
+        np.minimum(np.take(min_dist, touched, axis=0), dist, out=dist)
+        min_dist[touched] = dist
+        best = dist.argmax(axis=1)
+        bucket_argmax[touched] = best
+        bucket_max[touched] = dist[np.arange(len(touched)), best]
+        bucket = int(bucket_max.argmax())
+        slot = int(bucket_argmax[bucket])
+    return order[picked]
+
+
+def farthest_point_sample(points: np.ndarray, num_samples: int, *, start_index: int = 0) -> np.ndarray:
+    """Indices (num_samples,) int64 of the FPS picks from an (N, C>=3) cloud, starting at start_index."""
+    _check(len(points), num_samples, start_index)
+    if len(points) == 0:
+        return np.empty(0, dtype=np.int64)
+    xyz = np.ascontiguousarray(points[:, :3], dtype=np.float32)
+    if len(xyz) >= _BUCKETED_MIN_POINTS and num_samples < len(xyz):
+        return _fps_bucketed(xyz, num_samples, start_index)
+    return _fps_dense(xyz, num_samples, start_index)
+
+
+def farthest_point_sample_batch(
+    clouds: Sequence[np.ndarray], num_samples: int, *, start_index: int = 0
+) -> list[np.ndarray]:
+    """FPS indices for each cloud of a batch at once (same picks as farthest_point_sample per cloud).
+
+    Empty clouds give empty index arrays. Clouds are padded to the largest with copies of their start
+    point, which can never be farther than a real point.
+    """
+    sizes = [len(cloud) for cloud in clouds]
+    for size in sizes:
+        _check(size, num_samples, start_index)
+    live = [row for row, size in enumerate(sizes) if size]
+    result = [np.empty(0, dtype=np.int64) for _ in clouds]
+    if not live or num_samples == 0:
+        return [np.zeros(num_samples if size else 0, dtype=np.int64) for size in sizes]
+    width = max(sizes[row] for row in live)
+    coords = np.empty((3, len(live), width), dtype=np.float32)
+    for slot, row in enumerate(live):
+        cloud = clouds[row]
+        coords[:, slot, : sizes[row]] = cloud[:, :3].T
+        coords[:, slot, sizes[row] :] = cloud[start_index, :3, None]
+    x, y, z = coords
+    rows = np.arange(len(live))
+    min_dist = np.full((len(live), width), np.inf, dtype=np.float32)
+    dist = np.empty_like(min_dist)
+    scratch = np.empty_like(min_dist)
+    picked = np.empty((len(live), num_samples), dtype=np.int64)
+    farthest = np.full(len(live), start_index, dtype=np.int64)
+    for step in range(num_samples):
+        picked[:, step] = farthest
+        np.subtract(x, x[rows, farthest][:, None], out=dist)
+        np.multiply(dist, dist, out=dist)
+        np.subtract(y, y[rows, farthest][:, None], out=scratch)
+        np.multiply(scratch, scratch, out=scratch)
+        dist += scratch
+        np.subtract(z, z[rows, farthest][:, None], out=scratch)
+        np.multiply(scratch, scratch, out=scratch)
+        dist += scratch
+        np.minimum(min_dist, dist, out=min_dist)
+        farthest = min_dist.argmax(axis=1)
+    for slot, row in enumerate(live):
+        result[row] = picked[slot]
+    return result
