@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runtime.elastic.progress import report_step
-from runtime.elastic.supervisor import (
-    ElasticConfig,
-    ElasticResult,
-    ElasticSupervisor,
-    FaultRecord,
-    run_elastic,
-)
+from runtime.elastic.progress import report_event, report_step
+from runtime.elastic.records import ElasticResult, FaultRecord
+from runtime.elastic.supervisor import ElasticConfig, ElasticSupervisor, run_elastic, start_supervisor
+from runtime.elastic.tiers import TIER_TABLE, TierPolicy
 
 if TYPE_CHECKING:
     from runtime.elastic.checkpoint import CheckpointManager
@@ -26,8 +22,12 @@ __all__ = [
     "ElasticResult",
     "ElasticSupervisor",
     "FaultRecord",
+    "TIER_TABLE",
+    "TierPolicy",
+    "report_event",
     "report_step",
     "run_elastic",
+    "start_supervisor",
 ]
 
 

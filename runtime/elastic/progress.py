@@ -39,6 +39,7 @@ class Heartbeat:
 @dataclass(kw_only=True, slots=True)
 class _ProgressState:
     last_time_s: float | None = None
+    last_step: int | None = None
     last_print_s: float = 0.0
     tokens_since_print: int = 0
     steps_since_print: int = 0
@@ -54,6 +55,16 @@ def install_heartbeat_sink(sink: Any, chaos_hook: Any = None) -> None:
     _SINK = sink
     _CHAOS_HOOK = chaos_hook
     _STATE.last_time_s = None
+    _STATE.last_step = None
+
+
+def report_event(fault_class: str, detail: str = "", step: int | None = None) -> None:
+    """Tell the supervisor about a fault the training loop itself noticed (e.g. "checkpoint_corrupt")."""
+    if _SINK is None:
+        return
+    rank, _ = _rank_and_world()
+    _SINK.worker_event.remote(rank=rank, fault_class=fault_class, detail=detail, step=step,
+                              signature=None, pid=os.getpid(), node_id=_node_id(), time_s=time.time())
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -74,6 +85,11 @@ def _node_id() -> str:
     return ""
 
 
+def last_step() -> int | None:
+    """The last step this process reported (None before the first)."""
+    return _STATE.last_step
+
+
 def format_progress(step: int, loss: float, tokens_per_s: float, step_time_s: float | None) -> str:
     tok = f"{tokens_per_s / 1000:.1f}k tok/s" if tokens_per_s >= 1000 else f"{tokens_per_s:.0f} tok/s"
     per_step = f"{step_time_s:.2f} s/step" if step_time_s is not None else "- s/step"
@@ -89,6 +105,7 @@ def report_step(step: int, loss: float, num_tokens: int = 0, **metrics: Any) -> 
     now = time.monotonic()
     step_time_s = None if _STATE.last_time_s is None else now - _STATE.last_time_s
     _STATE.last_time_s = now
+    _STATE.last_step = int(step)
     rank, world_size = _rank_and_world()
     if _SINK is not None:
         beat = Heartbeat(

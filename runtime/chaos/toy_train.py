@@ -1,0 +1,102 @@
+"""A tiny data-parallel training loop for chaos tests and drills: pure torch, gloo, checkpoints, report_step.
+
+It fits a small MLP to a fixed random regression target, so the loss falls steadily and a resume
+from the wrong step is visible. Checkpoints are atomic (tmp + rename) with a sha256 manifest; a
+corrupt newest checkpoint is skipped and reported (`report_event("checkpoint_corrupt")`). The state
+is consolidated (full model + optimizer), so it resumes on any number of workers.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import time
+
+import torch
+
+from runtime.elastic.progress import report_event, report_step
+from runtime.health.taxonomy import FaultClass
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(directory: str, step: int, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    final = os.path.join(directory, f"step_{step:08d}")
+    tmp = final + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    with open(os.path.join(tmp, "state.pt"), "wb") as file:
+        file.write(data)
+    with open(os.path.join(tmp, "manifest.json"), "w") as file:
+        json.dump({"step": step, "files": {"state.pt": _sha256(data)}}, file)
+    os.replace(tmp, final)
+    for old in sorted(glob.glob(os.path.join(directory, "step_*[0-9]")))[:-3]:
+        for name in os.listdir(old):
+            os.remove(os.path.join(old, name))
+        os.rmdir(old)
+
+
+def load_latest_checkpoint(directory: str) -> tuple[int, dict] | None:
+    for path in sorted(glob.glob(os.path.join(directory, "step_*[0-9]")), reverse=True):
+        try:
+            with open(os.path.join(path, "manifest.json")) as file:
+                manifest = json.load(file)
+            with open(os.path.join(path, "state.pt"), "rb") as file:
+                data = file.read()
+        except (OSError, json.JSONDecodeError) as error:
+            report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: {error}")
+            continue
+        if _sha256(data) != manifest["files"]["state.pt"]:
+            report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: checksum mismatch, using the previous one")
+            continue
+        return manifest["step"], torch.load(io.BytesIO(data), weights_only=True)
+    return None
+
+
+def toy_train_loop(config: dict) -> None:
+    """Ray Train worker loop. config: checkpoint_dir, max_steps, checkpoint_every, step_sleep_s, lr,
+    bug_at_step (raise a deterministic error there), seed."""
+    import ray.train
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(config.get("seed", 0))
+    inputs = torch.randn(512, 16)
+    targets = torch.sin(inputs @ torch.randn(16, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.get("lr", 0.05), momentum=0.9)
+    start_step = 0
+    directory = config["checkpoint_dir"]
+    os.makedirs(directory, exist_ok=True)
+    restored = load_latest_checkpoint(directory)
+    if restored is not None:
+        start_step, state = restored
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    distributed = dist.is_available() and dist.is_initialized() and world_size > 1
+    for step in range(start_step + 1, config.get("max_steps", 100) + 1):
+        begin = time.perf_counter()
+        if config.get("bug_at_step") == step:
+            raise ValueError(f"deterministic bug at step {step}")
+        shard = inputs[rank::world_size], targets[rank::world_size]
+        loss = torch.nn.functional.mse_loss(model(shard[0]), shard[1])
+        optimizer.zero_grad()
+        loss.backward()
+        time.sleep(config.get("step_sleep_s", 0.05))  # stands in for a real step's compute
+        compute_s = time.perf_counter() - begin
+        if distributed:
+            for parameter in model.parameters():
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= world_size
+        optimizer.step()
+        if rank == 0 and step % config.get("checkpoint_every", 5) == 0:
+            save_checkpoint(directory, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        report_step(step, loss.item(), num_tokens=len(shard[0]), compute_s=compute_s)

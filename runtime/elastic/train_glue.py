@@ -1,0 +1,69 @@
+"""The seams between the ElasticSupervisor and Ray Train: a controller callback and a loop wrapper.
+
+What Ray Train lacked, and these seams add without forking it:
+- `SupervisorCallback.on_controller_start_worker_group` returns the label selector of the moment, so
+  every (re)start of the worker group avoids cordoned nodes and only uses spares when needed
+  (ScalingConfig.label_selector is fixed for the whole run).
+- `after_worker_group_start` tells the supervisor which pid on which node runs which rank, so
+  HealthAgents watch those pids and chaos/recovery can signal them.
+- `after_controller_start` hands over the controller, so a T4 stop or an elastic resize can abort it.
+- `supervised_loop` installs the heartbeat sink in each worker and reports exceptions (with a
+  signature) before Ray Train sees them, so a deterministic bug is recognised as one.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+
+from runtime.elastic import progress
+from runtime.health.taxonomy import FaultClass
+
+
+class SupervisorCallback(ControllerCallback, WorkerGroupCallback):
+    """Runs inside Ray Train's controller actor; forwards to the supervisor actor."""
+
+    def __init__(self, supervisor: Any):
+        self._supervisor = supervisor
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        controller = ray.get_runtime_context().current_actor
+        ray.get(self._supervisor.register_controller.remote(controller))
+
+    def on_controller_start_worker_group(self, *, scaling_config: Any, num_workers: int) -> dict | None:
+        return ray.get(self._supervisor.placement_label_selector.remote(num_workers)) or None
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        workers = [
+            {"rank": rank, "node_id": worker.metadata.node_id, "pid": worker.metadata.pid}
+            for rank, worker in enumerate(worker_group.get_workers())
+        ]
+        ray.get(self._supervisor.register_workers.remote(workers))
+
+
+def supervised_loop(train_loop_per_worker: Callable[[dict], Any], supervisor: Any) -> Callable[[dict], Any]:
+    """Wrap the user's loop: heartbeats to `supervisor`, chaos directives, exceptions with a signature."""
+    from runtime.chaos.hook import apply_directives
+
+    def loop(config: dict) -> Any:
+        progress.install_heartbeat_sink(supervisor, chaos_hook=apply_directives)
+        try:
+            result = train_loop_per_worker(config)
+        except Exception as error:
+            context = ray.train.get_context()
+            frames = traceback.extract_tb(error.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+            signature = f"{type(error).__name__}: {error} @ {where}"
+            ray.get(supervisor.worker_event.remote(
+                rank=context.get_world_rank(), fault_class=FaultClass.WORKER_ERROR,
+                detail="".join(traceback.format_exception(error))[-2000:], step=progress.last_step(),
+                signature=signature, pid=None, node_id=None, time_s=None), timeout=10)
+            raise
+        ray.get(supervisor.worker_done.remote(ray.train.get_context().get_world_rank()), timeout=10)
+        return result
+
+    return loop
