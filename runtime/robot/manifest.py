@@ -182,3 +182,41 @@ class EpisodeCommitSink(Datasink):
 
     def on_write_complete(self, write_result) -> None:
         self.entries = [entry for entries in write_result.write_returns for entry in entries]
+
+
+def finalize_lerobot(root: str | Path, *, fps: float | None = None, **writer_kwargs: Any) -> dict[str, int]:
+    """Assemble every committed episode, in source order, into a LeRobot v3.0 dataset at `root`.
+
+    Built under .strata/build and moved into place, so a kill here is repaired by running it again.
+    `fps` defaults to the rate of the first episode's timestamps. Returns totals.
+    """
+    from runtime.robot.formats.lerobot import LeRobotWriter
+
+    root = Path(root)
+    manifest = EpisodeManifest(root)
+    build = manifest.work / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    writer = None
+    for _, episode in manifest.iter_committed():
+        if writer is None:
+            fps = fps or estimate_fps(episode)
+            writer = LeRobotWriter(build, fps=int(round(fps)), **writer_kwargs)
+        writer.add_episode(episode)
+    if writer is None:
+        return {"episodes": 0, "frames": 0}
+    writer.finalize()
+    for name in ("meta", "data", "videos"):
+        shutil.rmtree(root / name, ignore_errors=True)
+        if (build / name).exists():
+            os.replace(build / name, root / name)
+    shutil.rmtree(build, ignore_errors=True)
+    return {"episodes": writer.num_episodes, "frames": writer.num_frames}
+
+
+def estimate_fps(episode: pa.Table) -> float:
+    timestamps = np.sort(episode.column(S.TIMESTAMP).to_numpy())
+    steps = np.diff(timestamps)
+    steps = steps[steps > 0]
+    if len(steps) == 0:
+        raise ValueError("cannot estimate fps from an episode with one timestamp; pass fps")
+    return float(1.0 / np.median(steps))

@@ -49,6 +49,11 @@ class EpisodeDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
+    def num_read_tasks(self, max_read_tasks: int = 512) -> int:
+        """Pass as `override_num_blocks`: Ray Data otherwise splits read outputs into at least
+        `read_op_min_num_blocks` blocks, which would cut episodes apart."""
+        return max(1, min(len(self.sources), max_read_tasks))
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         if not self.sources:
             return []

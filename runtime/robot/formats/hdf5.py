@@ -132,4 +132,5 @@ def read_hdf5(paths: list[str], mapping: HDF5Mapping | None = None, *, skip_sour
 
     source = EpisodeDatasource(paths, functools.partial(read_episodes, mapping=mapping), skip_sources=skip_sources,
                                quarantine_dir=quarantine_dir, name="HDF5")
+    read_kwargs.setdefault("override_num_blocks", source.num_read_tasks())
     return ray.data.read_datasource(source, **read_kwargs)

@@ -143,4 +143,6 @@ def read_lerobot(root: str | Path, *, episode_indices: Iterable[int] | None = No
     from runtime.robot.formats.datasource import EpisodeDatasource
 
     sources = episode_sources(root, episode_indices)
-    return ray.data.read_datasource(EpisodeDatasource(sources, read_episodes, name="LeRobot"), **read_kwargs)
+    datasource = EpisodeDatasource(sources, read_episodes, name="LeRobot")
+    read_kwargs.setdefault("override_num_blocks", datasource.num_read_tasks())
+    return ray.data.read_datasource(datasource, **read_kwargs)

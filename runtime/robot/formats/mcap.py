@@ -53,4 +53,5 @@ def read_mcap(paths: list[str], mapping: TopicMapping | None = None, *, skip_sou
 
     source = EpisodeDatasource(paths, functools.partial(read_episodes, mapping=mapping), skip_sources=skip_sources,
                                quarantine_dir=quarantine_dir, name="MCAP")
+    read_kwargs.setdefault("override_num_blocks", source.num_read_tasks())
     return ray.data.read_datasource(source, **read_kwargs)

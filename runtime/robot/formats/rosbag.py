@@ -55,4 +55,5 @@ def read_rosbag(paths: list[str], mapping: TopicMapping | None = None, *, skip_s
 
     source = EpisodeDatasource(paths, functools.partial(read_episodes, mapping=mapping), skip_sources=skip_sources,
                                quarantine_dir=quarantine_dir, name="ROSBag")
+    read_kwargs.setdefault("override_num_blocks", source.num_read_tasks())
     return ray.data.read_datasource(source, **read_kwargs)
