@@ -24,6 +24,7 @@ class KVHandle:
     request_id: str
     kv_bytes: int
     created_at_s: float = field(default_factory=time.time)
+    put_s: float = 0.0  # sender-side cost of publishing the package
     payload: Any = None  # transport-specific: an ObjectRef for the object store
 
 
@@ -32,6 +33,7 @@ class TransferStats:
     """One consumed transfer, for metrics: bytes moved and seconds from send to landing."""
 
     kv_bytes: int
+    put_s: float
     pull_s: float
     handoff_s: float
 
@@ -88,8 +90,11 @@ class ObjectStoreTransport(KVTransport):
 
     def send(self, request_id: str, package: Any) -> KVHandle:
         kv_bytes = int(getattr(package, "nbytes", 0))
+        start = time.perf_counter()
+        payload = ray.put(package)
         return KVHandle(
-            transport=self.name, request_id=request_id, kv_bytes=kv_bytes, payload=ray.put(package)
+            transport=self.name, request_id=request_id, kv_bytes=kv_bytes, payload=payload,
+            put_s=time.perf_counter() - start,
         )
 
     async def receive(self, handle: KVHandle) -> tuple[Any, TransferStats]:
@@ -101,7 +106,7 @@ class ObjectStoreTransport(KVTransport):
             pull_s = time.perf_counter() - start
         self._live[self._key(handle)] = handle
         stats = TransferStats(
-            kv_bytes=handle.kv_bytes, pull_s=pull_s, handoff_s=max(0.0, time.time() - handle.created_at_s)
+            kv_bytes=handle.kv_bytes, put_s=handle.put_s, pull_s=pull_s, handoff_s=max(0.0, time.time() - handle.created_at_s)
         )
         return package, stats
 

@@ -9,6 +9,7 @@ take the local path (decode prefills itself), so the client never sees the diffe
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -76,6 +77,7 @@ class PDDecodeServer(LLMServer):
         self._handoff_slots = asyncio.Semaphore(self.kv_config.max_inflight_transfers)
         self.num_remote_prefills = 0
         self.num_local_prefills = 0
+        self.recent_transfers: collections.deque[dict[str, float]] = collections.deque(maxlen=256)
 
     async def engine_stats(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class PDDecodeServer(LLMServer):
             "num_remote_prefills": self.num_remote_prefills,
             "num_local_prefills": self.num_local_prefills,
             "num_live_kv_handles": self.transport.num_live_handles,
+            "recent_transfers": list(self.recent_transfers),
         }
 
     def _disaggregate(self, prepared: PreparedRequest) -> bool:
@@ -139,6 +142,11 @@ class PDDecodeServer(LLMServer):
                     yield chunk
                 return
             self.metrics.observe_transfer(kv_bytes=transfer.kv_bytes, handoff_s=transfer.handoff_s)
+            self.recent_transfers.append({
+                "prompt_tokens": len(prepared.prompt_token_ids), "kv_bytes": transfer.kv_bytes,
+                "put_s": transfer.put_s, "pull_s": transfer.pull_s, "handoff_s": transfer.handoff_s,
+                "ttft_s": first_token_s - start_s,
+            })
         outputs = self.stream_engine(
             prepared, tracker, start_s, kv_package=package, first_token_s=first_token_s,
             on_added=lambda: self.transport.release(handle),
