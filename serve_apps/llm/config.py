@@ -73,7 +73,7 @@ class LLMConfig(BaseModel):
     model_source: str = Field(description="HF-format checkpoint directory")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_waiting_requests: int = Field(64, ge=1, description="per-replica queue bound; beyond it 429")
-    torch_num_threads: int | None = Field(1, ge=1, description="intra-op threads per replica")
+    num_threads: int | None = Field(1, ge=1, description="engine threads per replica (engine_kwargs wins)")
     deployment_config: dict[str, Any] = Field(default_factory=dict, description="colocated LLMServer")
     prefill_deployment_config: dict[str, Any] = Field(default_factory=dict)
     decode_deployment_config: dict[str, Any] = Field(default_factory=dict)

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+
 from serve_apps.llm.config import LLMConfig
 from serve_apps.llm.engine_loop import AsyncEngine
 from serve_apps.llm.errors import OpenAIError
@@ -41,6 +43,7 @@ class LLMServer:
 
     def __init__(self, llm_config: dict[str, Any]):
         import torch
+
         from runtime.engine import LLMEngine
 
         self.llm_config = LLMConfig.model_validate(llm_config)
@@ -72,7 +75,11 @@ class LLMServer:
 
     async def engine_stats(self) -> dict[str, Any]:
         """Engine counters plus replica-level ones (tests and the planner read these)."""
-        return {**self.engine.stats(), "num_requests": self.engine.num_requests}
+        return {
+            **self.engine.stats(),
+            "num_requests": self.engine.num_requests,
+            "replica": ray.get_runtime_context().get_actor_name(),
+        }
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
