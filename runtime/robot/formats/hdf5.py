@@ -78,8 +78,9 @@ def read_episodes(
     """`EpisodeDatasource` reader: one table per demo not yet committed."""
     mapping = mapping or HDF5Mapping()
     with h5py.File(source, "r") as handle:
+        names = demo_names(handle)
         task = _task(handle, mapping)
-        for name in demo_names(handle):
+        for name in names:
             key = f"{source}#{name}"
             if key in skip:
                 continue
