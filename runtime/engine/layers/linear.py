@@ -1,0 +1,115 @@
+"""Linear layers: dense, int8 weight-only (per output channel) and fp8 weight-only.
+
+Plain callables rather than nn.Modules: a decode step calls ~100 of them and module hooks cost
+microseconds each. Quantized weights are made at load from any fp32/bf16 checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Below this many rows the int8 path runs torch's int8 GEMV kernel (memory bound: 4x fewer bytes
+# than fp32); above it the weight is dequantized per call and a dense GEMM runs (compute bound).
+INT8_GEMV_MAX_ROWS = 4
+
+
+class DenseLinear:
+    __slots__ = ("weight", "bias")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight = weight
+        self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+
+def quantize_int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel: weight ~= q * scale[:, None]."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear:
+    __slots__ = ("qweight", "scale", "bias", "compute_dtype", "_gemv_dtype", "_gemv_scale")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.qweight, scale = quantize_int8_per_channel(weight)
+        self.compute_dtype = weight.dtype
+        self.scale = scale.to(weight.dtype)
+        self.bias = bias
+        # torch's CPU int8 GEMV is fastest with bf16 activations; fp32 models convert x and back.
+        cpu = weight.device.type == "cpu"
+        self._gemv_dtype = torch.bfloat16 if cpu else weight.dtype
+        self._gemv_scale = scale.to(self._gemv_dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows <= INT8_GEMV_MAX_ROWS:
+            x2 = x.reshape(rows, x.shape[-1]).to(self._gemv_dtype)
+            y = torch._weight_int8pack_mm(x2, self.qweight, self._gemv_scale).to(self.compute_dtype)
+            y = y.view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.qweight.to(self.compute_dtype)) * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.qweight.numel() + self.scale.numel() * self.scale.element_size()
+
+
+class Fp8Linear:
+    """fp8 (e4m3) weights with a per-output-channel scale. On CUDA with fp8 support (sm_89+) the
+    matmul runs in fp8 via torch._scaled_mm; elsewhere the weight is upcast per call (a smaller,
+    not faster, checkpoint in memory)."""
+
+    __slots__ = ("qweight", "scale", "bias", "compute_dtype", "use_scaled_mm")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        w = weight.float()
+        fp8_max = torch.finfo(torch.float8_e4m3fn).max
+        scale = (w.abs().amax(dim=1) / fp8_max).clamp(min=1e-12)
+        self.qweight = (w / scale[:, None]).clamp_(-fp8_max, fp8_max).to(torch.float8_e4m3fn)
+        self.scale = scale
+        self.bias = bias
+        self.compute_dtype = weight.dtype
+        self.use_scaled_mm = weight.is_cuda and torch.cuda.get_device_capability(weight.device) >= (8, 9)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_scaled_mm:
+            x2 = x.reshape(-1, x.shape[-1])
+            fp8_max = torch.finfo(torch.float8_e4m3fn).max
+            x_scale = (x2.abs().amax(dim=1, keepdim=True).float() / fp8_max).clamp(min=1e-12)
+            x_fp8 = (x2 / x_scale).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn)
+            # qweight is [N, K] row-major, so its .t() is the column-major B that _scaled_mm wants.
+            y = torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=x_scale, scale_b=self.scale[None, :],
+                                 out_dtype=self.compute_dtype)
+            y = y.view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.qweight.to(self.compute_dtype)) * self.scale.to(self.compute_dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.qweight.numel() + self.scale.numel() * self.scale.element_size()
+
+
+def quantize_linear(layer: DenseLinear, method: str | None) -> DenseLinear | Int8Linear | Fp8Linear:
+    if method is None:
+        return layer
+    if method == "int8":
+        return Int8Linear(layer.weight, layer.bias)
+    if method == "fp8":
+        return Fp8Linear(layer.weight, layer.bias)
+    raise ValueError(f"quantization must be None, 'int8' or 'fp8', got {method!r}")
