@@ -47,6 +47,7 @@ def connect(
         else:
             dashboard = constants.include_dashboard() if include_dashboard is None else include_dashboard
             ray.init(
+                address="local",  # never join another user's cluster on a shared machine by accident
                 num_cpus=num_cpus or constants.local_num_cpus(),
                 object_store_memory=object_store_memory or constants.local_object_store_bytes(),
                 include_dashboard=dashboard and _dashboard_available(),
