@@ -79,3 +79,15 @@ def test_kuberay_manifest_has_required_fields(path):
         _check_head_and_workers(spec["rayClusterConfig"], path)
     else:
         pytest.fail(f"{path}: unexpected kind {kind}")
+
+
+def test_rayservice_serves_the_same_app_as_the_serve_yaml():
+    with open(os.path.join(ROOT, "kuberay", "rayservice.yaml")) as f:
+        service = yaml.safe_load(yaml.safe_load(f)["spec"]["serveConfigV2"])
+    with open(os.path.join(ROOT, "serve", "llm_pd.yaml")) as f:
+        local = yaml.safe_load(f)
+    [service_app], [local_app] = service["applications"], local["applications"]
+    assert service_app["import_path"] == local_app["import_path"]
+    service_models = {m["model_id"] for m in service_app["args"]["llm_configs"]}
+    local_models = {m["model_id"] for m in local_app["args"]["llm_configs"]}
+    assert service_models == local_models
