@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import time
 
 import torch
@@ -36,6 +37,8 @@ def save_checkpoint(directory: str, step: int, state: dict) -> None:
         file.write(data)
     with open(os.path.join(tmp, "manifest.json"), "w") as file:
         json.dump({"step": step, "files": {"state.pt": _sha256(data)}}, file)
+    if os.path.exists(final):  # re-saving a step after resuming past a corrupt copy of it
+        shutil.rmtree(final)
     os.replace(tmp, final)
     for old in sorted(glob.glob(os.path.join(directory, "step_*[0-9]")))[:-3]:
         for name in os.listdir(old):
@@ -43,7 +46,7 @@ def save_checkpoint(directory: str, step: int, state: dict) -> None:
         os.rmdir(old)
 
 
-def load_latest_checkpoint(directory: str) -> tuple[int, dict] | None:
+def load_latest_checkpoint(directory: str, report: bool = True) -> tuple[int, dict] | None:
     for path in sorted(glob.glob(os.path.join(directory, "step_*[0-9]")), reverse=True):
         try:
             with open(os.path.join(path, "manifest.json")) as file:
@@ -51,10 +54,12 @@ def load_latest_checkpoint(directory: str) -> tuple[int, dict] | None:
             with open(os.path.join(path, "state.pt"), "rb") as file:
                 data = file.read()
         except (OSError, json.JSONDecodeError) as error:
-            report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: {error}")
+            if report:
+                report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: {error}")
             continue
         if _sha256(data) != manifest["files"]["state.pt"]:
-            report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: checksum mismatch, using the previous one")
+            if report:
+                report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: checksum mismatch, using the previous one")
             continue
         return manifest["step"], torch.load(io.BytesIO(data), weights_only=True)
     return None
@@ -76,7 +81,7 @@ def toy_train_loop(config: dict) -> None:
     start_step = 0
     directory = config["checkpoint_dir"]
     os.makedirs(directory, exist_ok=True)
-    restored = load_latest_checkpoint(directory)
+    restored = load_latest_checkpoint(directory, report=rank == 0)
     if restored is not None:
         start_step, state = restored
         model.load_state_dict(state["model"])

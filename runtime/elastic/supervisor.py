@@ -35,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 # Signals that are expected while a worker group is being torn down on purpose.
 _RESTART_NOISE = {FaultClass.PROCESS_DEATH, FaultClass.HANG, FaultClass.STRAGGLER, FaultClass.WORKER_ERROR}
+# Two views of one incident (an XID 48 event and the ECC counter it bumps) count once.
+_SAME_INCIDENT = {FaultClass.ECC_DBE: FaultClass.XID_DBE}
+_DUPLICATE_WINDOW_S = 10.0
+# A rank that loses its peer fails in the collective first; the root cause (a dead or hung peer)
+# usually arrives within a poll or two, so such errors wait this long before being judged.
+_COLLATERAL_MARKERS = ("gloo", "Connection closed", "Connection reset", "NCCL", "ProcessGroup", "Broken pipe")
+_COLLATERAL_GRACE_S = 0.5
 
 
 @dataclass(kw_only=True, slots=True)
@@ -249,8 +256,13 @@ class ElasticSupervisor:
             self._ray_source.added_nodes.clear()
             self.on_signals(signals)
 
-    def _handle(self, signal: FaultSignal) -> None:
+    def _handle(self, signal: FaultSignal, deferred: bool = False) -> None:
         detected_s = time.time()
+        signature = signal.data.get("signature") or ""
+        if (not deferred and signal.fault_class == FaultClass.WORKER_ERROR
+                and any(marker in signature + signal.detail for marker in _COLLATERAL_MARKERS)):
+            threading.Timer(_COLLATERAL_GRACE_S, self._handle, [signal, True]).start()
+            return
         with self._lock:
             if not self._running or self._stop_report is not None:
                 return
@@ -260,8 +272,8 @@ class ElasticSupervisor:
                 return  # the group is being restarted; its workers die, error out in collectives, stop stepping
             if signal.fault_class == FaultClass.PROCESS_DEATH and signal.pid not in {w["pid"] for w in self._workers}:
                 return
-            dedup_key = (signal.fault_class, signal.key())
-            if detected_s - self._recent.get(dedup_key, 0.0) < 3.0:
+            dedup_key = (_SAME_INCIDENT.get(signal.fault_class, signal.fault_class), signal.key())
+            if detected_s - self._recent.get(dedup_key, 0.0) < _DUPLICATE_WINDOW_S:
                 return  # the same fault seen twice (event + counter, or two sources)
             self._recent[dedup_key] = detected_s
             signature = signal.data.get("signature")
