@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> PointCloudSummary:
         num_samples=args.num_samples,
         batch_size=args.batch_size,
     )
+    if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
+        raise ValueError(f"--output {args.output} must be empty or not exist yet")
     connect_cluster(args.num_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = True
     if args.src == "synthetic":
@@ -110,7 +112,9 @@ def run(args: argparse.Namespace) -> PointCloudSummary:
     count_columns = ["num_points.depth", "num_points.sampled"]
     if args.output:
         clouds.write_parquet(args.output)
-        batches = ray.data.read_parquet(args.output, columns=count_columns).iter_batches(batch_size=4096)
+        batches = ray.data.read_parquet(
+            args.output, columns=count_columns, file_extensions=["parquet"]
+        ).iter_batches(batch_size=4096)
     else:
         batches = clouds.select_columns(count_columns).iter_batches(batch_size=4096, batch_format="numpy")
     frames_done = points_in = points_out = 0
