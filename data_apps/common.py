@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,14 +28,8 @@ _MIN_BLOCK_BYTES = 256 * 1024 * 1024  # one episode per block: do not let Ray Da
 
 
 def connect_cluster(num_cpus: int | None = None) -> None:
-    """Join RAY_ADDRESS when set; otherwise start an embedded cluster of our own.
-
-    address="local" keeps ray.init from joining some other `ray start` cluster on this machine.
-    """
-    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        connect()
-    else:
-        connect(num_cpus=num_cpus, address="local")
+    """Join RAY_ADDRESS when set (ray job submit), else start an embedded cluster of `num_cpus`."""
+    connect(num_cpus=num_cpus)
 
 
 def setup_data_context() -> ray.data.DataContext:

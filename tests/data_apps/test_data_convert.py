@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def test_convert_killed_midway_and_rerun_has_no_missing_or_duplicate_episodes(tm
 
 
 def _kill_leftover_ray_processes(ray_tmp: str) -> None:
-    """Ray's processes from the killed run die with their driver; make sure, by our temp dir only."""
+    """Ray's processes from the killed run die with their driver; make sure (by our temp dir only)."""
     import psutil
 
     for process in psutil.process_iter(["pid", "cmdline"]):
@@ -141,3 +142,4 @@ def _kill_leftover_ray_processes(ray_tmp: str) -> None:
                 process.kill()
             except psutil.Error:
                 continue
+    shutil.rmtree(ray_tmp, ignore_errors=True)
