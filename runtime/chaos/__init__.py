@@ -2,7 +2,9 @@
 
 from runtime.chaos.inject import (
     corrupt_checkpoint,
+    fail_worker,
     fill_disk,
+    gpu_fault,
     hang_worker,
     kill_worker,
     nvml_fault,
@@ -13,7 +15,9 @@ from runtime.chaos.inject import (
 
 __all__ = [
     "corrupt_checkpoint",
+    "fail_worker",
     "fill_disk",
+    "gpu_fault",
     "hang_worker",
     "kill_worker",
     "nvml_fault",

@@ -55,6 +55,31 @@ def nvml_fault(supervisor: Any, rank: int, kind: str, value: int | None = None, 
     return ray.get(agent.inject_nvml.remote(kind, gpu_index, value))
 
 
+# What a GPU fault does to the process using that GPU, so a drill's vanilla run meets the same event:
+# most XIDs surface as a CUDA error in the next kernel; a GPU that fell off the bus blocks the process.
+_GPU_FAULT_EFFECT = {13: "raise", 31: "raise", 48: "raise", 94: "raise", 95: "raise", 79: "hang", 119: "hang"}
+
+
+def gpu_fault(supervisor: Any, rank: int, xid: int) -> float:
+    """An XID on the GPU of `rank`: the NVML event (fake backend) plus its effect on the training process."""
+    worker, agent = _worker(supervisor, rank)
+    injected_s = ray.get(agent.inject_nvml.remote("xid", 0, xid))
+    effect = _GPU_FAULT_EFFECT.get(xid)
+    if effect == "raise":
+        agent.set_chaos.remote(worker["pid"], {"raise_message": f"CUDA error: unspecified launch failure (Xid {xid})"})
+    elif effect == "hang":
+        agent.send_signal.remote(worker["pid"], signal.SIGSTOP)
+    return injected_s
+
+
+def fail_worker(supervisor: Any, rank: int, message: str) -> float:
+    """Make `rank` raise RuntimeError(message) at its next step."""
+    worker, agent = _worker(supervisor, rank)
+    injected_s = time.time()
+    ray.get(agent.set_chaos.remote(worker["pid"], {"raise_message": message}))
+    return injected_s
+
+
 def remove_node(cluster: Any, node_id: str) -> float:
     """Remove the raylet of `node_id` from a `ray.cluster_utils.Cluster` (node loss)."""
     node = next((n for n in cluster.worker_nodes if n.node_id == node_id), None)

@@ -346,6 +346,11 @@ class ElasticSupervisor:
         if self._controller is not None:
             self._controller.abort.remote()
 
+    def request_stop(self, reason: str) -> None:
+        """End the run from outside (a time-boxed drill, an operator); recorded as a stop with `reason`."""
+        with self._lock:
+            self._stop(f"requested: {reason}")
+
     # -- inspection (tests, chaos, benchmarks) ------------------------------------------------------------
     def workers(self) -> list[dict]:
         with self._lock:
