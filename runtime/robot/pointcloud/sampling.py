@@ -59,56 +59,71 @@ def _spread_bits(values: np.ndarray) -> np.ndarray:
     return spread
 
 
-def _morton_order(xyz: np.ndarray) -> np.ndarray:
-    low = xyz.min(axis=0)
-    span = np.maximum(xyz.max(axis=0) - low, np.float32(1e-12))
+_SPREAD = _spread_bits(np.arange(1 << _GRID_BITS, dtype=np.int16))  # cell -> its bits 3 apart
+
+
+def _morton_order(coords: np.ndarray) -> np.ndarray:
+    """Point order along a Z-curve over a 32^3 grid of the bounding box; coords is (3, N)."""
+    low = coords.min(axis=1, keepdims=True)
+    span = np.maximum(coords.max(axis=1, keepdims=True) - low, np.float32(1e-12))
     grid = 1 << _GRID_BITS
-    cells = np.minimum(((xyz - low) * (grid / span)).astype(np.int32), grid - 1)
-    codes = _spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << 1) | (_spread_bits(cells[:, 2]) << 2)
-    return np.argsort(codes.astype(np.int16), kind="stable")
+    cells = ((coords - low) * (grid / span)).astype(np.int16)
+    np.minimum(cells, grid - 1, out=cells)
+    codes = _SPREAD[cells[0]] | (_SPREAD[cells[1]] << 1) | (_SPREAD[cells[2]] << 2)
+    return np.argsort(codes, kind="stable")
 
 
 def _fps_bucketed(xyz: np.ndarray, num_samples: int, start_index: int) -> np.ndarray:
     num_points, size = len(xyz), _BUCKET_SIZE
-    order = _morton_order(xyz)
+    coords = np.ascontiguousarray(xyz.T)
+    order = _morton_order(coords)
     num_buckets = -(-num_points // size)
     if num_buckets * size > num_points:  # pad with copies of the last point: same distances, same point
         order = np.concatenate([order, np.full(num_buckets * size - num_points, order[-1])])
-    buckets = np.ascontiguousarray(xyz[order].reshape(num_buckets, size, 3).transpose(0, 2, 1))
+    buckets = np.ascontiguousarray(
+        np.take(coords, order, axis=1).reshape(3, num_buckets, size).transpose(1, 0, 2)
+    )
     box_low = np.ascontiguousarray(buckets.min(axis=2).T)  # (3, num_buckets)
     box_high = np.ascontiguousarray(buckets.max(axis=2).T)
     min_dist = np.full((num_buckets, size), np.inf, dtype=np.float32)
     bucket_max = np.full(num_buckets, np.inf, dtype=np.float32)
-    bucket_argmax = np.zeros(num_buckets, dtype=np.int64)
-    position = np.empty(num_points, dtype=np.int64)
-    position[order[:num_points]] = np.arange(num_points)
-    bucket, slot = divmod(int(position[start_index]), size)
+    bucket, slot = divmod(int(np.flatnonzero(order[:num_points] == start_index)[0]), size)
     picked = np.empty(num_samples, dtype=np.int64)
-    gap = np.empty((2, 3, num_buckets), dtype=np.float32)
+    gap = np.empty((3, num_buckets), dtype=np.float32)
+    gap_high = np.empty_like(gap)
+    scratch, full_dist = np.empty_like(buckets), np.empty_like(min_dist)
+    subtract, maximum, minimum, square, take = np.subtract, np.maximum, np.minimum, np.square, np.take
     for step in range(num_samples):
         picked[step] = bucket * size + slot
         query = buckets[bucket, :, slot : slot + 1]  # (3, 1)
-        # Squared distance from the pick to each bucket's box: a lower bound for all its points.
-        np.subtract(box_low, query, out=gap[0])
-        np.subtract(query, box_high, out=gap[1])
-        box_gap = gap.max(axis=0)
-        np.maximum(box_gap, 0, out=box_gap)
-        np.square(box_gap, out=box_gap)
-        lower_bound = box_gap[0] + box_gap[1]
-        lower_bound += box_gap[2]
+        # Squared distance from the pick to each bucket's box: a lower bound for all its points
+        # (built from the points' own coordinates, so float rounding cannot push it past them).
+        subtract(box_low, query, out=gap)
+        subtract(query, box_high, out=gap_high)
+        maximum(gap, gap_high, out=gap)
+        maximum(gap, 0, out=gap)
+        square(gap, out=gap)
+        lower_bound = gap[0] + gap[1]
+        lower_bound += gap[2]
         touched = np.flatnonzero(lower_bound < bucket_max)
-        diff = np.take(buckets, touched, axis=0)
-        diff -= query
-        np.square(diff, out=diff)
-        dist = diff[:, 0] + diff[:, 1]
-        dist += diff[:, 2]
-        np.minimum(np.take(min_dist, touched, axis=0), dist, out=dist)
-        min_dist[touched] = dist
-        best = dist.argmax(axis=1)
-        bucket_argmax[touched] = best
-        bucket_max[touched] = dist[np.arange(len(touched)), best]
+        if 2 * len(touched) > num_buckets:  # most of the cloud: in place, no gather/scatter
+            subtract(buckets, query, out=scratch)
+            square(scratch, out=scratch)
+            dist = np.add(scratch[:, 0], scratch[:, 1], out=full_dist)
+            dist += scratch[:, 2]
+            minimum(min_dist, dist, out=min_dist)
+            min_dist.max(axis=1, out=bucket_max)
+        else:
+            diff = take(buckets, touched, axis=0)
+            diff -= query
+            square(diff, out=diff)
+            dist = diff[:, 0] + diff[:, 1]
+            dist += diff[:, 2]
+            minimum(take(min_dist, touched, axis=0), dist, out=dist)
+            min_dist[touched] = dist
+            bucket_max[touched] = dist.max(axis=1)
         bucket = int(bucket_max.argmax())
-        slot = int(bucket_argmax[bucket])
+        slot = int(min_dist[bucket].argmax())
     return order[picked]
 
 
