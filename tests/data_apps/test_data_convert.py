@@ -98,37 +98,39 @@ def test_convert_killed_midway_and_rerun_has_no_missing_or_duplicate_episodes(tm
     src, dst = tmp_path / "logs", tmp_path / "out"
     topic_map = _mcap_inputs(src, num_episodes, num_frames=8)
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths must fit
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "data_apps.convert", "--src", str(src), "--src-format", "mcap",
-               "--dst", str(dst), "--topic-map", str(topic_map), "--num-cpus", "1"]
-    journal = dst / ".strata" / "manifest.jsonl"
-    with open(tmp_path / "first.log", "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if journal.exists() and len(journal.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the first run ended before it could be killed"
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    committed_at_kill = len(journal.read_text().splitlines())
-    assert 3 <= committed_at_kill < num_episodes
-    assert not (dst / "meta" / "info.json").exists()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(REPO))
+        command = [sys.executable, "-m", "data_apps.convert", "--src", str(src), "--src-format", "mcap",
+                   "--dst", str(dst), "--topic-map", str(topic_map), "--num-cpus", "1"]
+        journal = dst / ".strata" / "manifest.jsonl"
+        with open(tmp_path / "first.log", "w") as log:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and process.poll() is None:
+                if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+                    break
+                time.sleep(0.05)
+            assert process.poll() is None, "the first run ended before it could be killed"
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        committed_at_kill = len(journal.read_text().splitlines())
+        assert 3 <= committed_at_kill < num_episodes
+        assert not (dst / "meta" / "info.json").exists()
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    summary = json.loads((dst / ".strata/summary.json").read_text())
-    assert summary["episodes_resumed"] >= 3
-    assert summary["episodes_resumed"] + summary["episodes_this_run"] == num_episodes
-    sources = _sources(dst)
-    assert sorted(sources) == sorted(str(p.resolve()) for p in src.glob("*.mcap"))  # none missing
-    assert len(set(sources)) == len(sources) == num_episodes  # none duplicated
-    data = pq.ParquetDataset(sorted(str(p) for p in dst.glob("data/*/*.parquet"))).read()
-    assert data.num_rows == num_episodes * 8
-    _kill_leftover_ray_processes(ray_tmp)
+        rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        summary = json.loads((dst / ".strata/summary.json").read_text())
+        assert summary["episodes_resumed"] >= 3
+        assert summary["episodes_resumed"] + summary["episodes_this_run"] == num_episodes
+        sources = _sources(dst)
+        assert sorted(sources) == sorted(str(p.resolve()) for p in src.glob("*.mcap"))  # none missing
+        assert len(set(sources)) == len(sources) == num_episodes  # none duplicated
+        data = pq.ParquetDataset(sorted(str(p) for p in dst.glob("data/*/*.parquet"))).read()
+        assert data.num_rows == num_episodes * 8
+    finally:
+        _kill_leftover_ray_processes(ray_tmp)
 
 
 def _kill_leftover_ray_processes(ray_tmp: str) -> None:
