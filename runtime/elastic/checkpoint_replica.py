@@ -87,8 +87,9 @@ def get_or_create_replica(checkpoint_dir: str):
         namespace=REPLICA_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-        # soft: if the chosen node dies between the lookup and the placement, any node will do.
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=target, soft=True),
+        # Hard affinity: a soft one may quietly land on the writer's node under load. If the target
+        # dies before placement, the put fails, storage still has the checkpoint, the next save retries.
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=target, soft=False),
     ).remote(checkpoint_dir)
 
 
