@@ -6,8 +6,8 @@ chunks into OpenAI responses. Overload (Serve's bounded queue or a replica's wai
 429 with Retry-After; a replica that dies before the first token is retried once on another.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the endpoint annotations (Request, bodies)
+# after Serve rewraps the methods, from another module's globals.
 import logging
 import secrets
 import time

@@ -48,15 +48,14 @@ class PDPrefillServer(LLMServer):
         if final is None or not final.outputs:
             raise RuntimeError(f"prefill of {request['request_id']} produced no output")
         completion = final.outputs[0]
-        handle: KVHandle | None = None
-        if final.kv_package is not None and not _really_finished(completion, params):
-            handle = self.transport.send(request["request_id"], final.kv_package)
+        # A package means "continue on decode"; none means the first token already ended the request.
+        handle = None if final.kv_package is None else self.transport.send(request["request_id"], final.kv_package)
         final.kv_package = None
         return {
             "token_ids": list(completion.token_ids),
             "text": completion.text,
             "logprobs": completion.logprobs,
-            "finish_reason": completion.finish_reason if handle is None else None,
+            "finish_reason": completion.finish_reason,
             "kv": handle,
         }
 
@@ -188,11 +187,6 @@ class _FirstOutput:
         self.text = result["text"]
         self.logprobs = result["logprobs"]
         self.finish_reason = result["finish_reason"]
-
-
-def _really_finished(completion: Any, params: Any) -> bool:
-    """True when the first token itself ends the request (EOS, a stop string, or max_tokens == 1)."""
-    return completion.finish_reason in ("stop",) or params.max_tokens <= len(completion.token_ids)
 
 
 def _sampling_fields(params: Any) -> dict[str, Any]:

@@ -42,14 +42,13 @@ class LLMServer:
     name_prefix = "LLMServer:"
 
     def __init__(self, llm_config: dict[str, Any]):
-        import torch
-
         from runtime.engine import LLMEngine
 
         self.llm_config = LLMConfig.model_validate(llm_config)
-        if self.llm_config.torch_num_threads:
-            torch.set_num_threads(self.llm_config.torch_num_threads)
-        engine = LLMEngine(self.llm_config.model_source, role=self.role, **self.llm_config.engine_kwargs)
+        engine_kwargs = dict(self.llm_config.engine_kwargs)
+        if self.llm_config.num_threads is not None:
+            engine_kwargs.setdefault("num_threads", self.llm_config.num_threads)
+        engine = LLMEngine(self.llm_config.model_source, role=self.role, **engine_kwargs)
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.vocab_size = _vocab_size(engine)
