@@ -103,3 +103,31 @@ def test_labeling_stages_run_as_ray_data_actor_pools(ray_local):
         assert set(names) == {"success", "phase", "phase_segments", "instruction"}
         assert names["success"].value == (row[S.EPISODE_SOURCE] in ("ep1", "ep3"))
         assert names["instruction"].source == "template"  # no Serve app: templates, cleanly
+
+
+@pytest.mark.slow
+def test_instructions_come_from_a_running_serve_llm_app(ray_local):
+    from ray import serve
+
+    @serve.deployment
+    class FakeLLM:
+        def generate_text(self, prompt: str) -> str:
+            assert "pick up the cube" in prompt and "grasp" in prompt
+            return " Gently pick up the cube. "
+
+    app_name = "strata-test-llm"
+    started_here = not serve.status().applications
+    if started_here:
+        serve.start(proxy_location="Disabled")
+    try:
+        serve.run(FakeLLM.bind(), name=app_name, route_prefix=None)
+        episode = PhaseSegmenter(gripper_index=3, fps=10)(_pick_episode())
+        labeled = InstructionLabeler(mode="llm", app_name=app_name)(episode)
+        label = _labels(labeled, "instruction")[0][0]
+        assert (label.value, label.source) == ("Gently pick up the cube.", f"llm:{app_name}")
+    finally:
+        serve.delete(app_name)
+        if started_here:
+            serve.shutdown()
+    with pytest.raises(ValueError, match="no Serve application"):
+        InstructionLabeler(mode="llm", app_name=app_name)
