@@ -14,6 +14,7 @@ failed save (full disk, crash) leaves the previous checkpoint as the latest and 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -27,11 +28,15 @@ import torch
 
 from runtime.elastic import checkpoint_format as fmt
 from runtime.elastic import checkpoint_replica as replica
+from runtime.elastic.progress import report_event
+from runtime.health.taxonomy import FaultClass
 
 logger = logging.getLogger(__name__)
 
 _REPLICA_TIMEOUT_S = 30.0
 _STALE_TEMP_DIR_S = 600.0
+# A quota'd volume with no room left; `runtime.chaos.inject.fill_disk` writes it, HostSource reads it.
+DISK_FULL_MARKER = ".strata_disk_full"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -150,6 +155,9 @@ class CheckpointManager:
         if self.replicate:
             self._put_replica(blobs)
         try:
+            if os.path.exists(os.path.join(self.checkpoint_dir, DISK_FULL_MARKER)):
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (quota marker {DISK_FULL_MARKER})",
+                              self.checkpoint_dir)
             path = fmt.write_atomic(self.checkpoint_dir, blobs, open_file=self.open_file)
         except OSError as error:
             previous = self._newest_disk_step()
@@ -160,6 +168,8 @@ class CheckpointManager:
             logger.error(message)
             self.failures.append(SaveFailure(step=step, error=message))
             _count_failure()
+            if error.errno == errno.ENOSPC:
+                report_event(FaultClass.DISK_FULL, message, step=step)
             return
         self.saved_steps.append(step)
         self._prune()
@@ -202,21 +212,39 @@ class CheckpointManager:
         if from_replica is not None and (not disk_steps or from_replica.step >= disk_steps[0]):
             try:
                 fmt.verify(from_replica)
-                logger.info("checkpoint: restoring step %d from the in-memory replica", from_replica.step)
-                return from_replica
             except fmt.CheckpointCorruptError as error:
                 logger.error("checkpoint: in-memory replica is corrupt, using storage: %s", error)
+                _report_corrupt(f"in-memory replica: {error}")
+            else:
+                logger.info("checkpoint: restoring step %d from the in-memory replica", from_replica.step)
+                if disk_steps and disk_steps[0] == from_replica.step:
+                    self._repair_disk_copy(from_replica)
+                return from_replica
         for step in disk_steps:
             path = os.path.join(self.checkpoint_dir, fmt.step_dir_name(step))
             try:
                 blobs = fmt.read_blobs(path)
             except (fmt.CheckpointCorruptError, OSError) as error:
                 logger.error("checkpoint: skipping corrupt checkpoint %s: %s", path, error)
-                _count_corrupt()
+                _report_corrupt(f"{path}: {error}")
                 continue
             logger.info("checkpoint: restoring step %d from %s", step, path)
             return blobs
         return None
+
+    def _repair_disk_copy(self, good: fmt.CheckpointBlobs) -> None:
+        """The disk copy of the replica's step is checked too: if storage corrupted it, rewrite it."""
+        path = os.path.join(self.checkpoint_dir, fmt.step_dir_name(good.step))
+        try:
+            fmt.read_blobs(path)
+            return
+        except (fmt.CheckpointCorruptError, OSError) as error:
+            logger.error("checkpoint: disk copy %s is corrupt (%s); rewriting it from the replica", path, error)
+            _report_corrupt(f"{path}: {error} (repaired from the in-memory replica)")
+        try:
+            fmt.write_atomic(self.checkpoint_dir, good, open_file=self.open_file)
+        except OSError as error:  # e.g. another rank repaired it at the same moment, or the disk is full
+            logger.warning("checkpoint: could not rewrite %s: %s", path, error)
 
     def _replica_blobs(self) -> fmt.CheckpointBlobs | None:
         if not self.replicate:
@@ -250,10 +278,11 @@ def _count_failure() -> None:
         metrics.counter("strata_checkpoint_save_failures_total", "checkpoint saves that failed").inc()
 
 
-def _count_corrupt() -> None:
+def _report_corrupt(detail: str) -> None:
     import ray
 
     from runtime import metrics
 
+    report_event(FaultClass.CHECKPOINT_CORRUPT, detail)
     if ray.is_initialized():
         metrics.counter("strata_checkpoint_corrupt_total", "corrupt checkpoints skipped on restore").inc()

@@ -189,3 +189,15 @@ def test_invalid_arguments_name_the_field(tmp_path):
         CheckpointManager(str(tmp_path), keep=0)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         CheckpointManager("")
+
+
+def test_disk_full_quota_marker_fails_saves_like_enospc(tmp_path):
+    """`runtime.chaos.inject.fill_disk` declares the path full with a marker; saves fail as on ENOSPC."""
+    from runtime.chaos.inject import fill_disk
+
+    ckpt = CheckpointManager(str(tmp_path), replicate=False)
+    assert ckpt.save(10, make_state(10))
+    fill_disk(str(tmp_path))
+    assert not ckpt.save(20, make_state(20))
+    assert "No space left on device" in ckpt.failures[0].error
+    assert ckpt.latest()[0] == 10

@@ -60,3 +60,19 @@ def test_corrupt_replica_is_skipped_for_storage(multinode_cluster, tmp_path):
     step, state, _ = CheckpointManager(checkpoint_dir).latest()
     assert step == 50 and state["step"] == 50
     drop_replica(checkpoint_dir)
+
+
+def test_corrupt_disk_copy_is_repaired_from_the_replica(multinode_cluster, tmp_path):
+    from runtime.chaos.inject import corrupt_checkpoint
+    from runtime.elastic import checkpoint_format as fmt
+
+    checkpoint_dir = str(tmp_path / "ckpt")
+    ray.get(save_on_train_node.remote(checkpoint_dir, 60))
+    corrupt_checkpoint(checkpoint_dir)
+    path = str(tmp_path / "ckpt" / fmt.step_dir_name(60))
+    with pytest.raises(fmt.CheckpointCorruptError):
+        fmt.read_blobs(path)
+    step, state, _ = CheckpointManager(checkpoint_dir).latest()
+    assert step == 60 and state["step"] == 60
+    assert fmt.read_blobs(path).step == 60  # storage healed from memory
+    drop_replica(checkpoint_dir)
