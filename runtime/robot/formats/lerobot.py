@@ -48,7 +48,7 @@ from runtime.robot.formats.lerobot_layout import (
 from runtime.robot.formats.lerobot_read import LeRobotDataset, read_lerobot
 from runtime.robot.formats.video import DEFAULT_VIDEO_CODEC, VideoFileWriter
 
-__all__ = ["LeRobotWriter", "LeRobotWriterConfig", "read_lerobot", "LeRobotDataset"]
+__all__ = ["LeRobotWriter", "LeRobotWriterConfig", "read_lerobot", "write_lerobot", "LeRobotDataset"]
 
 _MB = 1024 * 1024
 
@@ -108,7 +108,8 @@ class LeRobotWriter:
         if table.num_rows == 0:
             raise ValueError("an episode needs at least one frame")
         if self.features is None:
-            self.features = infer_features(table, self.config.fps, use_videos=self.config.use_videos)
+            self.features = infer_features(table, self.config.fps, use_videos=self.config.use_videos,
+                                           video_codec=self.config.video_codec)
         episode_index = self.num_episodes
         tasks = [task] * table.num_rows if task is not None else table.column(S.TASK).to_pylist()
         if any(t is None for t in tasks):
@@ -235,3 +236,17 @@ def _episode_stats(data: pa.Table, features: dict, videos: dict[str, np.ndarray]
                 zero_copy_only=False))
             stats[key] = lerobot_stats.array_stats(values.astype(np.float64))
     return stats
+
+
+def write_lerobot(dataset, root: str | Path, fps: int, **config: Any) -> Path:
+    """Stream a `ray.data.Dataset` of whole-episode blocks into a LeRobot v3.0 dataset at `root`.
+
+    Episodes arrive one block at a time (Ray Data's streaming iterator applies backpressure) and are
+    appended by this process, the single writer that multi-episode files need. For resumable runs
+    use runtime.robot.manifest (commit per episode, then `finalize_lerobot`).
+    """
+    writer = LeRobotWriter(root, fps, **config)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for episode in S.episode_tables(batch):
+            writer.add_episode(episode)
+    return writer.finalize()

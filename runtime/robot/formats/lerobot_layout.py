@@ -29,6 +29,7 @@ DEFAULT_FEATURES = {
 }
 _ARROW_DTYPES = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64(), "int32": pa.int32(),
                  "int16": pa.int16(), "uint8": pa.uint8(), "bool": pa.bool_(), "string": pa.string()}
+_CODEC_NAMES = {"libx264": "h264", "libsvtav1": "av1", "libx265": "hevc"}
 _SKIP_COLUMNS = {S.TASK, S.EPISODE_INDEX, S.FRAME_INDEX, S.TIMESTAMP}
 
 
@@ -58,7 +59,7 @@ def _dtype_name(arrow_type: pa.DataType) -> str:
     raise ValueError(f"no LeRobot dtype for Arrow type {arrow_type}")
 
 
-def infer_features(table: pa.Table, fps: int, *, use_videos: bool = True) -> dict:
+def infer_features(table: pa.Table, fps: int, *, use_videos: bool = True, video_codec: str = "libx264") -> dict:
     """LeRobot `features` for a frame table; columns that are all null are left out."""
     features: dict[str, dict] = {}
     for name in table.column_names:
@@ -72,6 +73,7 @@ def infer_features(table: pa.Table, fps: int, *, use_videos: bool = True) -> dic
                        "names": ["height", "width", "channels"]}
             if use_videos:
                 feature["info"] = {"video.height": height, "video.width": width, "video.channels": channels,
+                                   "video.codec": _CODEC_NAMES.get(video_codec, video_codec),
                                    "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
                                    "has_audio": False}
             features[name] = feature

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from runtime.robot import schema as S
-from runtime.robot.formats.lerobot import LeRobotDataset, LeRobotWriter, read_lerobot
+from runtime.robot.formats.lerobot import LeRobotDataset, LeRobotWriter, read_lerobot, write_lerobot
 
 LENGTHS = [5, 7, 3, 6]
 
@@ -103,9 +103,12 @@ def test_writer_rejects_bad_config_and_mismatched_shapes(tmp_path):
         writer.add_episode(bad)
 
 
-def test_read_lerobot_streams_every_frame_through_ray_data(written, ray_local):
-    root, _ = written
+def test_read_lerobot_streams_every_frame_through_ray_data(written, ray_local, tmp_path):
+    root, episodes = written
     dataset = read_lerobot(root)
+    copy = LeRobotDataset(write_lerobot(dataset, tmp_path / "copy", fps=10))
+    assert copy.episodes.column("length").to_pylist() == LENGTHS
+    assert copy.episode_table(2).column(S.ACTION).to_pylist() == episodes[2].column(S.ACTION).to_pylist()
     rows = dataset.select_columns([S.EPISODE_SOURCE, S.FRAME_INDEX, S.ACTION]).take_all()
     assert len(rows) == sum(LENGTHS)
     per_episode = {}
