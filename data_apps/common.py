@@ -150,13 +150,15 @@ def commit_and_finalize(
         dataset.write_datasink(sink)
         entries = sink.entries
     totals = finalize_lerobot(dst, fps=fps, **writer_kwargs)
+    committed = manifest.committed()
     wall_s = time.perf_counter() - started_s
     frames = sum(e["num_frames"] for e in entries)
     points = sum(e["num_points"] for e in entries)
     summary = Summary(
         pipeline=pipeline, output=str(dst), episodes_total=totals["episodes"], episodes_this_run=len(entries),
         episodes_resumed=resumed, frames_total=totals["frames"], frames_this_run=frames, points_this_run=points,
-        quarantined=[{"source": e["source"], "reason": e["reason"]} for e in Quarantine(dst).entries()],
+        quarantined=[{"source": e["source"], "reason": e["reason"]} for e in Quarantine(dst).entries()
+                     if e["source"] not in committed],  # a source fixed and converted since is no longer out
         wall_s=wall_s, rows_per_s=frames / wall_s, points_per_s=points / wall_s,
     )
     tags = {"pipeline": pipeline}
