@@ -8,10 +8,10 @@ import threading
 import openai
 import pytest
 import ray
-from ray import serve
-
 from fakes.engine_models import build_tiny_model
 from fakes.serve_llm_apps import SMALL_REPLICA, ensure_ray, replica_stats, run_apps, start_serve, wait_until
+from ray import serve
+
 from serve_apps.llm import build_pd_openai_app
 
 pytestmark = pytest.mark.slow
