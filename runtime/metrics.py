@@ -12,7 +12,7 @@ import threading
 
 from ray.util import metrics as ray_metrics
 
-_UNIT_SUFFIXES = ("_s", "_ms", "_bytes", "_total", "_tokens", "_ratio", "_count", "_per_s", "_points", "_rows")
+_UNIT_SUFFIXES = ("_s", "_ms", "_bytes", "_total", "_tokens", "_ratio", "_count", "_per_s", "_points", "_rows", "_nats")
 _NAME_PATTERN = re.compile(r"^strata_[a-z0-9_]+$")
 _MAX_TAG_KEYS = 4
 
