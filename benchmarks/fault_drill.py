@@ -148,13 +148,15 @@ def run_mode(mode: str, args, workdir: str) -> dict:
     if mode == "supervised":
         config = ElasticConfig(min_workers=1, max_workers=NUM_WORKERS, resources_per_worker=RESOURCES_PER_WORKER,
                                checkpoint_dir=checkpoint_dir, gpu_resource="fake_gpu", nvml_backend="fake",
-                               max_restarts=len(fault_schedule(cluster, None, "", None)) * 3, hang_timeout_min_s=2.0)
+                               max_restarts=len(fault_schedule(cluster, None, "", None)) * 3, hang_timeout_min_s=2.0,
+                               spread=True)
         handle = start_supervisor(toy_train_loop, loop_config, config)
         run = handle.run.remote()
         add_agent = lambda node_id: None  # noqa: E731 - the supervisor starts agents on new nodes itself
     else:
-        handle = HeartbeatRecorder.remote()
-        run = VanillaRunner.remote().run.remote(
+        on_driver_node = {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+        handle = HeartbeatRecorder.options(**on_driver_node).remote()
+        run = VanillaRunner.options(**on_driver_node).remote().run.remote(
             toy_train_loop, loop_config, handle, num_workers=NUM_WORKERS, resources_per_worker=RESOURCES_PER_WORKER,
             max_failures=args.max_failures, storage_path=os.path.join(checkpoint_dir, "ray_train"))
         add_agent = lambda node_id: ray.get(handle.add_agent.remote(node_id))  # noqa: E731

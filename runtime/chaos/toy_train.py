@@ -87,8 +87,10 @@ def toy_train_loop(config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     distributed = dist.is_available() and dist.is_initialized() and world_size > 1
+    # compute_s: this rank's own time between two collectives (includes anything slowing it down,
+    # excludes waiting for slower peers inside all_reduce) - what straggler detection compares.
+    last_sync_s = time.perf_counter()
     for step in range(start_step + 1, config.get("max_steps", 100) + 1):
-        begin = time.perf_counter()
         if config.get("bug_at_step") == step:
             raise ValueError(f"deterministic bug at step {step}")
         shard = inputs[rank::world_size], targets[rank::world_size]
@@ -96,11 +98,12 @@ def toy_train_loop(config: dict) -> None:
         optimizer.zero_grad()
         loss.backward()
         time.sleep(config.get("step_sleep_s", 0.05))  # stands in for a real step's compute
-        compute_s = time.perf_counter() - begin
+        compute_s = time.perf_counter() - last_sync_s
         if distributed:
             for parameter in model.parameters():
                 dist.all_reduce(parameter.grad)
                 parameter.grad /= world_size
+        last_sync_s = time.perf_counter()
         optimizer.step()
         if rank == 0 and step % config.get("checkpoint_every", 5) == 0:
             save_checkpoint(directory, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from runtime.elastic.progress import report_event, report_step
 from runtime.elastic.records import ElasticResult, FaultRecord
-from runtime.elastic.supervisor import ElasticConfig, ElasticSupervisor, run_elastic, start_supervisor
+from runtime.elastic.run import run_elastic, start_supervisor
+from runtime.elastic.supervisor import ElasticConfig, ElasticSupervisor
 from runtime.elastic.tiers import TIER_TABLE, TierPolicy
 
 if TYPE_CHECKING:

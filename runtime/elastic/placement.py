@@ -55,6 +55,10 @@ class Placement:
             return None
         return (node.get("Labels") or {}).get(self.config.role_label)
 
+    def _roles_in_use(self, nodes: list[dict]) -> bool:
+        """Roles apply only on a cluster that labels its nodes; an unlabelled cluster is all train nodes."""
+        return self.config.role_label is not None and any(self._role(node) for node in nodes)
+
     def _slots(self, node: dict) -> int:
         resources = dict(node.get("Resources") or {})
         held = len(self.quarantined.get(node["NodeID"], []))
@@ -66,11 +70,14 @@ class Placement:
     def usable_nodes(self) -> tuple[list[dict], list[dict]]:
         """(train nodes, spare nodes) that are alive and not cordoned."""
         train, spare = [], []
-        for node in ray.nodes():
-            if not node["Alive"] or node["NodeID"] in self.cordoned:
+        draining = ray._private.state.state.get_draining_nodes()  # drained by an operator or autoscaler
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        use_roles = self._roles_in_use(nodes)
+        for node in nodes:
+            if node["NodeID"] in self.cordoned or node["NodeID"] in draining:
                 continue
             role = self._role(node)
-            if self.config.role_label is None or role in self.config.train_roles:
+            if not use_roles or role in self.config.train_roles:
                 train.append(node)
             elif role in self.config.spare_roles:
                 spare.append(node)
@@ -85,11 +92,12 @@ class Placement:
     def label_selector(self, num_workers: int, spread: bool = True) -> dict:
         train_slots, _ = self.capacity(spread)
         selector: dict[str, str] = {}
-        if self.config.role_label is not None:
+        if self._roles_in_use([node for node in ray.nodes() if node["Alive"]]):
             roles = self.config.train_roles if num_workers <= train_slots else self.config.train_roles + self.config.spare_roles
             selector[self.config.role_label] = f"in({','.join(roles)})"
-        if self.cordoned:
-            selector[NODE_ID_LABEL] = f"!in({','.join(sorted(self.cordoned))})"
+        excluded = set(self.cordoned) | set(ray._private.state.state.get_draining_nodes())
+        if excluded:
+            selector[NODE_ID_LABEL] = f"!in({','.join(sorted(excluded))})"
         return selector
 
     def cordon(self, node_id: str, reason: str) -> None:

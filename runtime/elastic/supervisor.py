@@ -63,7 +63,7 @@ class ElasticConfig:
     nvml_backend: str = "auto"  # HealthAgent NVML: "auto" (real when a GPU is present), "fake", "none"
     train_poll_interval_s: float = 0.25  # Ray Train's worker poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
     capacity_wait_s: float = 30.0  # how long to wait for min_workers slots before stopping
-    spread: bool = True  # one worker per node (a node is the failure domain)
+    spread: bool = False  # True: one worker per node (SPREAD; the node is the failure domain); False: PACK
     no_progress_limit: int = 2
 
     def __post_init__(self) -> None:
@@ -365,28 +365,3 @@ class ElasticSupervisor:
             return {"step": self._last_step, "generation": self._generation, "group_size": self._group_size,
                     "cordoned": dict(self._placement.cordoned), "num_faults": len(self._records),
                     "recovering": len(self._recovering), "stopped": self._stop_report}
-
-
-def supervisor_env() -> dict[str, str]:
-    """Ray Train knobs for supervised runs: fast worker polls; preemption is handled by the supervisor."""
-    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
-
-
-def start_supervisor(train_loop_per_worker: Callable[[dict], Any], train_loop_config: dict, config: ElasticConfig) -> Any:
-    """Start the supervisor actor on the driver's node (it runs the trainer like a driver would)."""
-    env = supervisor_env() | {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(config.train_poll_interval_s)}
-    return ElasticSupervisor.options(
-        runtime_env={"env_vars": env},
-        label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
-    ).remote(train_loop_per_worker, train_loop_config, config)
-
-
-def run_elastic(train_loop_per_worker: Callable[[dict], Any], train_loop_config: dict, config: ElasticConfig) -> ElasticResult:
-    """Run `train_loop_per_worker` under an ElasticSupervisor until it finishes or a T4 stops it."""
-    from runtime.cluster import connect
-
-    connect()
-    supervisor = start_supervisor(train_loop_per_worker, train_loop_config, config)
-    result = ray.get(supervisor.run.remote())
-    ray.kill(supervisor)
-    return result

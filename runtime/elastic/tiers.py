@@ -1,5 +1,8 @@
 """The fault taxonomy as data: which tier answers each fault class, and when a fault escalates.
 
+    python -m runtime.elastic.tiers          # print the tier table (markdown)
+    ray job submit --working-dir . -- python -m runtime.elastic.tiers
+
 Tiers (cheapest first):
   T0 observe        metrics and a log line only; training continues untouched
   T1 restart        restart the worker group in place from the last checkpoint

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from runtime import chaos
-from runtime.chaos.drill import Injection, run_schedule
+from runtime.chaos.drill import Injection, run_schedule, wait_for_step
 from runtime.chaos.toy_train import toy_train_loop
 from runtime.elastic import ElasticConfig, start_supervisor
 from runtime.elastic.tiers import T0, T1, T2, T3, T4
@@ -22,7 +22,7 @@ CHECKPOINT_EVERY = 5
 def _config(tmp_path, **overrides):
     values = dict(min_workers=1, max_workers=2, resources_per_worker={"CPU": 1, "fake_gpu": 1},
                   checkpoint_dir=str(tmp_path), gpu_resource="fake_gpu", nvml_backend="fake",
-                  hang_timeout_min_s=2.0, max_restarts=8)
+                  hang_timeout_min_s=2.0, max_restarts=8, spread=True)
     values.update(overrides)
     return ElasticConfig(**values)
 
@@ -91,3 +91,26 @@ def test_full_checkpoint_disk_stops_with_a_report(multinode_cluster, tmp_path):
     assert result.stopped and [record.fault_class for record in result.faults] == ["disk_full"]
     assert "disk_full" in result.report and result.final_step < 400
     assert os.path.exists(tmp_path / ".strata_disk_full")
+
+
+def test_node_loss_shrinks_then_grows_back(multinode_cluster, tmp_path):
+    from conftest import MULTINODE_WORKERS
+
+    supervisor = start_supervisor(toy_train_loop, _loop_config(tmp_path, max_steps=70), _config(tmp_path))
+    run = supervisor.run.remote()
+
+    def lose_node_then_replace() -> float:
+        injected_s = chaos.remove_worker_node(multinode_cluster, supervisor, 0)
+        wait_for_step(supervisor, ray.get(supervisor.status.remote())["step"] + 5, timeout_s=120)
+        multinode_cluster.add_node(**MULTINODE_WORKERS[0], object_store_memory=256 * 1024**2)  # capacity returns
+        return injected_s
+
+    run_schedule(supervisor, [Injection(at_step=10, name="node_loss", inject=lose_node_then_replace)], timeout_s=240)
+    result = ray.get(run, timeout=300)
+    ray.kill(supervisor)
+    assert result.finished and result.final_step == 70
+    assert [(record.fault_class, record.tier) for record in result.faults] == [("node_loss", T3)]
+    sizes = [len(nodes) for nodes in result.worker_nodes_history]
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2, result.worker_nodes_history
+    lost = result.worker_nodes_history[0][0]
+    assert all(lost not in nodes for nodes in result.worker_nodes_history[1:])
