@@ -111,7 +111,11 @@ def _build_model(workdir: str, max_model_len: int) -> str:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from fakes.engine_models import build_tiny_model
 
-    return build_tiny_model(os.path.join(workdir, "bench-tiny"), max_position_embeddings=max_model_len)
+    # Wider than the unit-test model so that a 1k-token prefill costs real compute, as on real models.
+    return build_tiny_model(
+        os.path.join(workdir, "bench-small"), max_position_embeddings=max_model_len, hidden_size=256,
+        intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+    )
 
 
 def _serving_args(model_dir: str, mode: str, cpus: float, max_model_len: int) -> dict[str, Any]:
@@ -158,13 +162,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from runtime.cluster import connect, free_port
     from serve_apps.llm import build_openai_app, build_pd_openai_app
 
-    connect(num_cpus=4, include_dashboard=False)
+    # address="local": never join a stray `ray start` cluster on a shared dev box (RAY_ADDRESS still wins).
+    connect(num_cpus=4, include_dashboard=False, **({} if os.environ.get("RAY_ADDRESS") else {"address": "local"}))
     workdir = tempfile.mkdtemp(prefix="serve-load-")
     model_dir = args.model or _build_model(workdir, args.max_model_len)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base_url = f"http://127.0.0.1:{port}"
-    vocab = 256
+    with open(os.path.join(model_dir, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
     # 70% chat-like short prompts, 30% long documents: long prefills are what disturb colocated decode.
     mix = [(0.7, 64, 48), (0.3, 1024, 32)]
     rates = [float(r) for r in args.rates.split(",")]

@@ -31,3 +31,17 @@ def test_recommend_reports_unreachable_slos():
     assert len(plan.notes) == 2
     with pytest.raises(ValueError, match="rate"):
         recommend(profile, rate_rps=0, output_len=10, ttft_slo_s=1, tpot_slo_s=1)
+
+
+def test_measure_times_real_prefill_and_decode_engines(tmp_path):
+    from fakes.engine_models import build_tiny_model
+
+    from serve_apps.llm.plan import measure
+
+    model = build_tiny_model(str(tmp_path / "tiny"))
+    profile = measure(model, prompt_len=32, output_len=8, batch_sizes=[1, 2], engine_kwargs={"num_threads": 1},
+                      repeats=1, decode_steps=2)
+    assert profile.prefill_s > 0 and set(profile.decode_step_s) == {1, 2}
+    assert profile.max_decode_batch >= 1
+    plan = recommend(profile, rate_rps=1, output_len=8, ttft_slo_s=10, tpot_slo_s=10)
+    assert plan.num_prefill >= 1 and plan.num_decode >= 1
