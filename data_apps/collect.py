@@ -43,7 +43,7 @@ SIM_LABELING = dict(gripper_index=9, ee_indices=(0, 1, 2), closed_below=0.03, fp
 class CollectConfig:
     dst: str
     seeds: list[int]
-    mode: str = "expert"  # "expert" or "dagger" (policy drives, expert labels); see SimWorker
+    modes: tuple[str, ...] = ("expert",)  # each seed is rolled out once per mode: "expert", "dagger", "policy"
     driver: dict | None = None
     noise_std: float = 0.1
     tag: str = "collect"
@@ -55,15 +55,18 @@ class CollectConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("collect.seeds must not be empty")
-        if self.mode not in ("expert", "dagger", "policy"):
-            raise ValueError(f"collect.mode must be expert, dagger or policy, got {self.mode!r}")
+        for mode in self.modes:
+            if mode not in ("expert", "dagger", "policy"):
+                raise ValueError(f"collect.modes must be expert, dagger or policy, got {mode!r}")
+            if mode != "expert" and self.driver is None:
+                raise ValueError(f"collect.driver is required for mode {mode!r}")
 
 
 @dataclass(kw_only=True, slots=True)
 class CollectResult:
     num_episodes: int
     num_frames: int
-    expert_success_rate: float  # success of the episodes as rolled out (expert or policy driving)
+    rollout_success_rate: float  # success of the episodes as rolled out (expert or policy driving)
     episodes_total: int
     frames_total: int
     label_quality: LabelQuality
@@ -74,7 +77,7 @@ class CollectResult:
         quality = self.label_quality
         return (
             f"collected {self.num_episodes} episodes ({self.num_frames} frames), rollout success "
-            f"{self.expert_success_rate:.0%}; dataset now {self.episodes_total} episodes / {self.frames_total} "
+            f"{self.rollout_success_rate:.0%}; dataset now {self.episodes_total} episodes / {self.frames_total} "
             f"frames; labels: success acc {quality.success_accuracy:.0%}, phase F1(+-{quality.tolerance_frames}) "
             f"{quality.phase_f1:.2f}; {self.wall_s:.1f} s"
         )
@@ -104,9 +107,11 @@ class EpisodeStage:
 def collect(pool: SimPool, config: CollectConfig) -> CollectResult:
     """Roll out, point-cloud, label and commit `config.seeds` into the dataset at `config.dst`."""
     started_s = time.perf_counter()
-    results = pool.rollout(
-        config.seeds, mode=config.mode, driver=config.driver, noise_std=config.noise_std, record=True, tag=config.tag
-    )
+    results = []
+    for mode in config.modes:
+        noise_std = config.noise_std if mode == "expert" else 0.0
+        results += pool.rollout(config.seeds, mode=mode, driver=config.driver, noise_std=noise_std, record=True,
+                                tag=config.tag)
     setup_data_context()
     dataset = ray.data.from_arrow_refs([result["table"] for result in results])
     camera = next(iter(pool.camera_params().values())) if pool.rendering() else None
@@ -126,7 +131,7 @@ def collect(pool: SimPool, config: CollectConfig) -> CollectResult:
     return CollectResult(
         num_episodes=len(results),
         num_frames=summary.frames_this_run,
-        expert_success_rate=sum(result["success"] for result in results) / len(results),
+        rollout_success_rate=sum(result["success"] for result in results) / len(results),
         episodes_total=summary.episodes_total,
         frames_total=summary.frames_total,
         label_quality=quality,
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                    SimConfig(image_size=args.image_size))
     try:
         config = CollectConfig(
-            dst=args.dst, seeds=list(range(args.seed_start, args.seed_start + args.num_episodes)), mode=args.mode,
+            dst=args.dst, seeds=list(range(args.seed_start, args.seed_start + args.num_episodes)), modes=(args.mode,),
             driver={"kind": "checkpoint", "path": args.policy} if args.policy else None, noise_std=args.noise_std,
             tag=f"collect-{args.seed_start:07d}",
         )

@@ -36,7 +36,7 @@ def test_builder_validates_args():
         build_policy_app({"checkpoint": "x.safetensors", "num_replicas": 0})
 
 
-def test_http_and_handle_answer_with_the_policy(policy_app):
+def test_http_and_handle_answer_in_batches(policy_app):
     handle, _, _, url = policy_app
     state = [0.1] * 28
     response = httpx.post(url, json={"observation": {"state": state}}, timeout=30)
@@ -48,10 +48,7 @@ def test_http_and_handle_answer_with_the_policy(policy_app):
     assert from_handle == body
     bad = httpx.post(url, json={"state": [0.0] * 3}, timeout=30)
     assert bad.status_code == 400 and "28" in bad.json()["error"]
-
-
-def test_requests_are_batched(policy_app):
-    handle, *_ = policy_app
+    # Many concurrent handle calls: answered (in batches) with the same model.
     responses = [handle.act.remote({"state": [float(i)] * 28}) for i in range(32)]
     assert all(len(r.result()["action"]) == 4 for r in responses)
     info = handle.info.remote().result()
