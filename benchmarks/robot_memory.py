@@ -116,7 +116,7 @@ def dataset(num_episodes: int, episode_mb: float) -> ray.data.Dataset:
     source = EpisodeDatasource([f"synthetic#{i:06d}" for i in range(num_episodes)],
                                functools.partial(synthetic_episodes, episode_mb=episode_mb), name="Synthetic")
     return ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks()).map_batches(
-        CenterClouds, batch_size=None, batch_format="pyarrow", concurrency=1, num_cpus=0.5)
+        CenterClouds, batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
 
 
 def measure(run) -> dict:

@@ -29,9 +29,10 @@ class LabelingConfig:
 
 
 def add_labeling_stages(dataset: ray.data.Dataset, config: LabelingConfig) -> ray.data.Dataset:
-    """Each stage is an actor pool (its model or handle is set up once per actor); whole blocks."""
-    common = {"batch_size": None, "batch_format": "pyarrow", "concurrency": config.concurrency,
-              "num_cpus": config.num_cpus_per_actor}
+    """Each stage is an actor pool of `config.concurrency` actors (its model or handle is set up once
+    per actor) mapping whole blocks."""
+    common = {"batch_size": None, "batch_format": "pyarrow", "num_cpus": config.num_cpus_per_actor,
+              "compute": ray.data.ActorPoolStrategy(size=config.concurrency)}
     if config.success_rule is not None:
         dataset = dataset.map_batches(SuccessLabeler, fn_constructor_kwargs={
             "rule": config.success_rule, "model_path": config.success_model_path}, **common)
