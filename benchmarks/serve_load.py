@@ -118,15 +118,17 @@ def _build_model(workdir: str, max_model_len: int) -> str:
     )
 
 
-def _serving_args(model_dir: str, mode: str, cpus: float, max_model_len: int) -> dict[str, Any]:
-    actor = {"ray_actor_options": {"num_cpus": cpus}, "max_ongoing_requests": 256, "max_queued_requests": 1024}
+def _serving_args(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    actor = {"ray_actor_options": {"num_cpus": args.cpus_per_replica}, "max_ongoing_requests": 256,
+             "max_queued_requests": 1024}
+    max_model_len = args.max_model_len
     return {
         "llm_configs": [{
             "model_id": "bench", "model_source": model_dir, "max_waiting_requests": 1024,
             "engine_kwargs": {"max_model_len": max_model_len, "max_num_seqs": 64},
-            "deployment_config": {"num_replicas": 2, **actor},
-            "prefill_deployment_config": {"num_replicas": 1, **actor},
-            "decode_deployment_config": {"num_replicas": 1, **actor},
+            "deployment_config": {"num_replicas": args.num_colocated, **actor},
+            "prefill_deployment_config": {"num_replicas": args.num_prefill, **actor},
+            "decode_deployment_config": {"num_replicas": args.num_decode, **actor},
             "kv_transfer_config": {"min_prompt_tokens": 16},
         }],
     }
@@ -151,19 +153,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ttft-slo-s", type=float, default=2.0)
     parser.add_argument("--tpot-slo-s", type=float, default=0.2)
     parser.add_argument("--cpus-per-replica", type=float, default=1.0)
+    parser.add_argument("--num-prefill", type=int, default=1)
+    parser.add_argument("--num-decode", type=int, default=1)
+    parser.add_argument("--num-colocated", type=int, default=None, help="default: num-prefill + num-decode")
     parser.add_argument("--max-model-len", type=int, default=1280)
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "serve_load.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.rates, args.duration_s = "1,3", 15.0
+    # Same hardware: as many colocated engines as prefill + decode engines together.
+    args.num_colocated = args.num_colocated or args.num_prefill + args.num_decode
 
     from ray import serve
 
     from runtime.cluster import connect, free_port
     from serve_apps.llm import build_openai_app, build_pd_openai_app
 
-    # address="local": never join a stray `ray start` cluster on a shared dev box (RAY_ADDRESS still wins).
-    connect(num_cpus=4, include_dashboard=False, **({} if os.environ.get("RAY_ADDRESS") else {"address": "local"}))
+    connect(num_cpus=4, include_dashboard=False)
     workdir = tempfile.mkdtemp(prefix="serve-load-")
     model_dir = args.model or _build_model(workdir, args.max_model_len)
     port = free_port()
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",")]
     results: dict[str, Any] = {"config": vars(args), "mix": mix, "load_avg_start": os.getloadavg(), "modes": {}}
     for mode, builder in (("colocated", build_openai_app), ("pd", build_pd_openai_app)):
-        serve.run(builder(_serving_args(model_dir, mode, args.cpus_per_replica, args.max_model_len)),
+        serve.run(builder(_serving_args(model_dir, args)),
                   name=APP_NAME, route_prefix="/")
         asyncio.run(run_rate(base_url, "bench", rate_rps=1.0, duration_s=3.0, vocab=vocab, mix=mix, seed=99))  # warm up
         per_rate = {}
@@ -190,8 +196,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if mode == "pd":
             ttfts = asyncio.run(_handoff_share(base_url, vocab, 1024, 5))
             decode = serve.get_deployment_handle("Decode:bench", app_name=APP_NAME)
-            transfers = [t for t in decode.engine_stats.remote().result()["recent_transfers"] if t["prompt_tokens"] == 1024]
-            handoff = [t["put_s"] + t["pull_s"] for t in transfers[-len(ttfts):]]
+            seen = {}
+            for _ in range(8 * args.num_decode):  # random routing: ask until every replica answered
+                for record in decode.engine_stats.remote().result()["recent_transfers"]:
+                    seen[(record["at_s"], record["put_s"])] = record
+            transfers = sorted((t for t in seen.values() if t["prompt_tokens"] == 1024), key=lambda t: t["at_s"])
+            transfers = transfers[-len(ttfts):]  # the sequential 1k-token requests just sent
+            handoff = [t["put_s"] + t["pull_s"] for t in transfers]
             entry["handoff_1k"] = {
                 "ttft_s": _percentiles(ttfts), "put_plus_pull_s": _percentiles(handoff),
                 "kv_bytes": transfers[-1]["kv_bytes"] if transfers else None,

@@ -144,7 +144,7 @@ class PDDecodeServer(LLMServer):
             self.recent_transfers.append({
                 "prompt_tokens": len(prepared.prompt_token_ids), "kv_bytes": transfer.kv_bytes,
                 "put_s": transfer.put_s, "pull_s": transfer.pull_s, "handoff_s": transfer.handoff_s,
-                "ttft_s": first_token_s - start_s,
+                "ttft_s": first_token_s - start_s, "at_s": time.time(),
             })
         outputs = self.stream_engine(
             prepared, tracker, start_s, kv_package=package, first_token_s=first_token_s,
