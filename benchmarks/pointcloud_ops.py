@@ -123,7 +123,7 @@ def open3d_ops(o3d, data):
 def bench_ops(quick: bool) -> dict:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    n_large = 300_000 if quick else 1_000_000
+    n_large = 1_000_000
     large = (rng.random((n_large, 3), dtype=np.float32) * 2 - 1).astype(np.float32)
     plane = np.c_[rng.uniform(-5, 5, (100_000, 2)), rng.normal(0, 0.003, 100_000)].astype(np.float32)
     plane[::5, 2] += rng.uniform(0.1, 1.0, len(plane[::5])).astype(np.float32)  # 20% objects above ground
@@ -246,6 +246,7 @@ def bench_pipeline(num_frames: int) -> dict:
 
     config = PointCloudPipelineConfig()  # 128x128, crop, voxel 1 cm, FPS 512, batch 32
     render, intrinsics = SyntheticDepth(), config.intrinsics()
+    config_no_metrics = PointCloudPipelineConfig(record_metrics=False)
 
     def one_frame(index: int) -> np.ndarray:
         points = projection.depth_to_points(
@@ -261,6 +262,15 @@ def bench_pipeline(num_frames: int) -> dict:
     for index in range(baseline_frames):
         one_frame(index)
     baseline_fps = baseline_frames / (time.perf_counter() - started)
+    # CPU cost per frame of the batched stages in this process (no Ray): capacity per core, load-independent.
+    stages = build_pointcloud_pipeline(_StageList(), config_no_metrics).stages
+    batch = {"id": np.arange(config.batch_size)}
+    cpu_started = time.process_time()
+    for _ in range(4):
+        out = render({"id": batch["id"]})
+        for stage in stages:
+            out = stage(out)
+    stage_cpu_s_per_frame = (time.process_time() - cpu_started) / (4 * config.batch_size)
 
     connect(num_cpus=2, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -286,6 +296,8 @@ def bench_pipeline(num_frames: int) -> dict:
         "points_per_s": points_in / wall_s,
         "wall_s": wall_s,
         "baseline_in_process_frames_per_s": baseline_fps,
+        "batched_stages_cpu_s_per_frame": stage_cpu_s_per_frame,
+        "capacity_frames_per_s_per_core_from_cpu_time": 1.0 / stage_cpu_s_per_frame,
         "speedup_vs_in_process": frames / wall_s / baseline_fps,
         "peak_rss_bytes_driver_plus_workers": memory.peak_bytes,
         "config": {
@@ -296,6 +308,17 @@ def bench_pipeline(num_frames: int) -> dict:
             "batch_size": config.batch_size,
         },
     }
+
+
+class _StageList:
+    """Stands in for a Dataset to collect the stages build_pointcloud_pipeline adds."""
+
+    def __init__(self) -> None:
+        self.stages = []
+
+    def map_batches(self, stage, **_):
+        self.stages.append(stage)
+        return self
 
 
 def plot(ops: dict, path: Path) -> None:

@@ -68,3 +68,30 @@ def split_clouds(points: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
 def segment_ids(counts: np.ndarray) -> np.ndarray:
     """(B,) counts -> (sum counts,) int64 row index of every point."""
     return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
+_GRID_BITS = 5  # 32 cells per axis -> 15-bit Morton codes, which numpy radix-sorts as int16
+
+
+def _spread_bits(values: np.ndarray) -> np.ndarray:
+    spread = np.zeros_like(values)
+    for bit in range(_GRID_BITS):
+        spread |= ((values >> bit) & 1) << (3 * bit)
+    return spread
+
+
+_SPREAD = _spread_bits(np.arange(1 << _GRID_BITS, dtype=np.int16))  # cell -> its bits 3 apart
+
+
+def morton_order(coords: np.ndarray) -> np.ndarray:
+    """Point order along a Z-curve over a 32^3 grid of the bounding box (coords: (3, N) float32).
+
+    Consecutive points in this order are spatially close: fixed-size runs of it make compact buckets.
+    """
+    low = coords.min(axis=1, keepdims=True)
+    span = np.maximum(coords.max(axis=1, keepdims=True) - low, np.float32(1e-12))
+    grid = 1 << _GRID_BITS
+    cells = ((coords - low) * (grid / span)).astype(np.int16)
+    np.minimum(cells, grid - 1, out=cells)
+    codes = _SPREAD[cells[0]] | (_SPREAD[cells[1]] << 1) | (_SPREAD[cells[2]] << 2)
+    return np.argsort(codes, kind="stable")

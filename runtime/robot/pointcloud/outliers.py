@@ -2,15 +2,53 @@
 
 Same rule as PCL's StatisticalOutlierRemoval and Open3D's remove_statistical_outlier: with d_i the
 mean distance from point i to its num_neighbors nearest other points, keep the points with
-d_i <= mean(d) + std_ratio * std(d). Neighbours come from exact brute force in torch (matrix-product
-distances, top-k), chunked so memory stays at chunk_size x N floats: O(N^2) work, meant for the
-per-frame clouds (a few 10k points) that robot pipelines see after voxel downsampling.
+d_i <= mean(d) + std_ratio * std(d).
+
+Neighbours are exact. Small clouds use brute force (matrix-product distances + top-k in torch).
+Larger ones are cut into query groups, the cells of a grid a few neighbour radii wide (the radius
+estimated from a sample); each group is matched only against the points inside its bounding box
+grown by one radius, found through a sorted-x index. A query's answer is provably exact when its
+k-th neighbour lies closer than the grown box's boundary; the few queries that fail that test
+(sparse regions, outliers) are redone against the whole cloud.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+_BRUTE_FORCE_MAX_POINTS = 4096
+_RADIUS_SAMPLE = 256
+_CELL_RADII = 4.0
+
+
+def _knn_mean(
+    query: torch.Tensor, candidates: torch.Tensor, num_neighbors: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean distance to the num_neighbors nearest candidates excluding the query itself, k-th distance)."""
+    squared = torch.addmm((candidates * candidates).sum(1)[None, :], query, candidates.T, alpha=-2.0)
+    squared += (query * query).sum(1, keepdim=True)
+    squared.clamp_(min=0.0)
+    # np.partition beats torch.topk here; the k+1 smallest include the point itself (the minimum).
+    nearest = np.sqrt(np.partition(squared.numpy(), num_neighbors, axis=1)[:, : num_neighbors + 1])
+    mean = (nearest.sum(axis=1) - nearest.min(axis=1)) / np.float32(num_neighbors)
+    return mean.astype(np.float32), nearest[:, num_neighbors]
+
+
+def _brute_force(xyz: torch.Tensor, rows: torch.Tensor, num_neighbors: int, chunk_size: int) -> np.ndarray:
+    out = np.empty(len(rows), dtype=np.float32)
+    for begin in range(0, len(rows), chunk_size):
+        out[begin : begin + chunk_size] = _knn_mean(
+            xyz[rows[begin : begin + chunk_size]], xyz, num_neighbors
+        )[0]
+    return out
+
+
+def _neighbor_radius(xyz: torch.Tensor, num_neighbors: int, rng: np.random.Generator) -> float:
+    """90th percentile of the k-th neighbour distance over a random sample of the cloud."""
+    sample = torch.from_numpy(rng.choice(len(xyz), size=min(_RADIUS_SAMPLE, len(xyz)), replace=False))
+    kth = _knn_mean(xyz[sample], xyz, num_neighbors)[1]
+    return float(np.quantile(kth, 0.9))
 
 
 def mean_neighbor_distances(points: np.ndarray, num_neighbors: int, *, chunk_size: int = 1024) -> np.ndarray:
@@ -22,17 +60,45 @@ def mean_neighbor_distances(points: np.ndarray, num_neighbors: int, *, chunk_siz
         raise ValueError(
             f"statistical outlier removal needs more than num_neighbors={num_neighbors} points, got {num_points}"
         )
-    xyz = torch.from_numpy(np.ascontiguousarray(points[:, :3], dtype=np.float32))
-    norms = (xyz * xyz).sum(dim=1)
-    out = torch.empty(num_points, dtype=torch.float32)
-    for begin in range(0, num_points, chunk_size):
-        query = xyz[begin : begin + chunk_size]
-        squared = torch.addmm(norms[None, :], query, xyz.T, alpha=-2.0)
-        squared += norms[begin : begin + chunk_size, None]
-        squared.clamp_(min=0.0)
-        nearest = torch.topk(squared, num_neighbors + 1, dim=1, largest=False, sorted=True).values
-        out[begin : begin + chunk_size] = nearest[:, 1:].sqrt().mean(dim=1)  # column 0 is the point itself
-    return out.numpy()
+    xyz_np = np.ascontiguousarray(points[:, :3], dtype=np.float32)
+    xyz = torch.from_numpy(xyz_np)
+    if num_points <= max(_BRUTE_FORCE_MAX_POINTS, 8 * num_neighbors):
+        return _brute_force(xyz, torch.arange(num_points), num_neighbors, chunk_size)
+    radius = _neighbor_radius(xyz, num_neighbors, np.random.default_rng(0))
+    if not radius > 0:  # mostly duplicate points
+        return _brute_force(xyz, torch.arange(num_points), num_neighbors, chunk_size)
+    # Query groups: cells of a grid of _CELL_RADII neighbour radii; candidates: the cell grown by a radius.
+    cells = np.floor(xyz_np * np.float32(1.0 / (_CELL_RADII * radius))).astype(np.int64)
+    cells -= cells.min(axis=0)
+    dims = cells.max(axis=0) + 1
+    keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+    by_cell = np.argsort(keys, kind="stable")
+    bounds = np.flatnonzero(np.diff(keys[by_cell])) + 1
+    by_x = np.argsort(xyz_np[:, 0], kind="stable")
+    sorted_x = xyz_np[by_x, 0]
+    out = np.empty(num_points, dtype=np.float32)
+    retry = []
+    for rows in np.split(by_cell, bounds):
+        group = xyz_np[rows]
+        low, high = group.min(axis=0) - radius, group.max(axis=0) + radius
+        first = np.searchsorted(sorted_x, low[0], side="left")
+        last = np.searchsorted(sorted_x, high[0], side="right")
+        candidates = by_x[first:last]
+        inside = xyz_np[candidates, 1:]
+        candidates = candidates[np.all((inside >= low[1:]) & (inside <= high[1:]), axis=1)]
+        if len(candidates) <= num_neighbors:
+            retry.append(rows)
+            continue
+        mean, kth = _knn_mean(torch.from_numpy(group), xyz[torch.from_numpy(candidates)], num_neighbors)
+        to_boundary = np.minimum(group - low, high - group).min(axis=1)
+        exact = kth * np.float32(1.0001) < to_boundary  # nothing outside the box can be nearer
+        out[rows] = mean
+        if not exact.all():
+            retry.append(rows[~exact])
+    if retry:
+        rows = np.concatenate(retry)
+        out[rows] = _brute_force(xyz, torch.from_numpy(rows), num_neighbors, chunk_size)
+    return out
 
 
 def statistical_outlier_mask(

@@ -144,4 +144,7 @@ def synthetic_depth_frames(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     render = SyntheticDepth(height=height, width=width, fov_y_deg=fov_y_deg, seed=seed)
-    return ray.data.range(num_frames).map_batches(render, batch_size=batch_size, batch_format="numpy")
+    num_blocks = -(-num_frames // batch_size)  # one batch per block: parallel tasks, no re-batching
+    return ray.data.range(num_frames, override_num_blocks=num_blocks).map_batches(
+        render, batch_size=batch_size, batch_format="numpy"
+    )

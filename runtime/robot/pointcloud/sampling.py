@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from runtime.robot.pointcloud.cloud import morton_order
+
 _BUCKETED_MIN_POINTS = 16384
 _BUCKET_SIZE = 128
-_GRID_BITS = 5  # 32 cells per axis -> 15-bit Morton codes (numpy radix-sorts int16)
 
 
 def _check(num_points: int, num_samples: int, start_index: int) -> None:
@@ -52,31 +53,10 @@ def _fps_dense(xyz: np.ndarray, num_samples: int, start_index: int) -> np.ndarra
     return picked
 
 
-def _spread_bits(values: np.ndarray) -> np.ndarray:
-    spread = np.zeros_like(values)
-    for bit in range(_GRID_BITS):
-        spread |= ((values >> bit) & 1) << (3 * bit)
-    return spread
-
-
-_SPREAD = _spread_bits(np.arange(1 << _GRID_BITS, dtype=np.int16))  # cell -> its bits 3 apart
-
-
-def _morton_order(coords: np.ndarray) -> np.ndarray:
-    """Point order along a Z-curve over a 32^3 grid of the bounding box; coords is (3, N)."""
-    low = coords.min(axis=1, keepdims=True)
-    span = np.maximum(coords.max(axis=1, keepdims=True) - low, np.float32(1e-12))
-    grid = 1 << _GRID_BITS
-    cells = ((coords - low) * (grid / span)).astype(np.int16)
-    np.minimum(cells, grid - 1, out=cells)
-    codes = _SPREAD[cells[0]] | (_SPREAD[cells[1]] << 1) | (_SPREAD[cells[2]] << 2)
-    return np.argsort(codes, kind="stable")
-
-
 def _fps_bucketed(xyz: np.ndarray, num_samples: int, start_index: int) -> np.ndarray:
     num_points, size = len(xyz), _BUCKET_SIZE
     coords = np.ascontiguousarray(xyz.T)
-    order = _morton_order(coords)
+    order = morton_order(coords)
     num_buckets = -(-num_points // size)
     if num_buckets * size > num_points:  # pad with copies of the last point: same distances, same point
         order = np.concatenate([order, np.full(num_buckets * size - num_points, order[-1])])

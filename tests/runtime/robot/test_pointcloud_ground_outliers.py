@@ -69,6 +69,31 @@ def test_mean_neighbor_distances_match_brute_force():
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+def test_grid_pruned_neighbors_match_brute_force(monkeypatch):
+    """Above the brute-force size, grid groups + exactness check + retries give the same answer."""
+    from runtime.robot.pointcloud import outliers
+
+    rng = np.random.default_rng(5)
+    dense = rng.normal(0, 0.05, (1200, 3))
+    flat = np.c_[rng.uniform(-1, 1, (600, 2)), np.zeros(600)]
+    sparse = rng.uniform(-3, 3, (40, 3))  # low density: these fail the exactness test and are retried
+    points = np.r_[dense, flat, sparse].astype(np.float32)
+    monkeypatch.setattr(outliers, "_BRUTE_FORCE_MAX_POINTS", 100)
+    retried = []
+    brute_force = outliers._brute_force
+    monkeypatch.setattr(
+        outliers,
+        "_brute_force",
+        lambda xyz, rows, *a: retried.append(len(rows)) or brute_force(xyz, rows, *a),
+    )
+    got = mean_neighbor_distances(points, 10)
+    assert retried and 0 < retried[-1] < len(points) // 2  # the pruned path ran, with some retries
+    dist = np.sqrt(((points[:, None].astype(np.float64) - points[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    want = np.sort(dist, axis=1)[:, :10].mean(axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
 def test_statistical_outlier_mask_drops_isolated_points():
     rng = np.random.default_rng(4)
     cluster = rng.normal(0, 0.05, size=(2000, 3))
