@@ -89,7 +89,7 @@ def morton_order(coords: np.ndarray) -> np.ndarray:
     Consecutive points in this order are spatially close: fixed-size runs of it make compact buckets.
     """
     low = coords.min(axis=1, keepdims=True)
-    span = np.maximum(coords.max(axis=1, keepdims=True) - low, np.float32(1e-12))
+    span = np.maximum((coords.max(axis=1, keepdims=True) - low).max(), np.float32(1e-12))  # cubic cells
     grid = 1 << _GRID_BITS
     cells = ((coords - low) * (grid / span)).astype(np.int16)
     np.minimum(cells, grid - 1, out=cells)
