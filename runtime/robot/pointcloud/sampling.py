@@ -129,10 +129,13 @@ def farthest_point_sample_batch(
     sizes = [len(cloud) for cloud in clouds]
     for size in sizes:
         _check(size, num_samples, start_index)
-    live = [row for row, size in enumerate(sizes) if size]
     result = [np.empty(0, dtype=np.int64) for _ in clouds]
+    for row, size in enumerate(sizes):  # big clouds: the bucketed single-cloud path is faster
+        if size >= _BUCKETED_MIN_POINTS:
+            result[row] = farthest_point_sample(clouds[row], num_samples, start_index=start_index)
+    live = [row for row, size in enumerate(sizes) if 0 < size < _BUCKETED_MIN_POINTS]
     if not live or num_samples == 0:
-        return [np.zeros(num_samples if size else 0, dtype=np.int64) for size in sizes]
+        return result
     width = max(sizes[row] for row in live)
     coords = np.empty((3, len(live), width), dtype=np.float32)
     for slot, row in enumerate(live):
@@ -140,7 +143,7 @@ def farthest_point_sample_batch(
         coords[:, slot, : sizes[row]] = cloud[:, :3].T
         coords[:, slot, sizes[row] :] = cloud[start_index, :3, None]
     x, y, z = coords
-    rows = np.arange(len(live))
+    columns = np.arange(len(live))
     min_dist = np.full((len(live), width), np.inf, dtype=np.float32)
     dist = np.empty_like(min_dist)
     scratch = np.empty_like(min_dist)
@@ -148,12 +151,13 @@ def farthest_point_sample_batch(
     farthest = np.full(len(live), start_index, dtype=np.int64)
     for step in range(num_samples):
         picked[:, step] = farthest
-        np.subtract(x, x[rows, farthest][:, None], out=dist)
+        query = coords[:, columns, farthest, None]  # (3, B, 1)
+        np.subtract(x, query[0], out=dist)
         np.multiply(dist, dist, out=dist)
-        np.subtract(y, y[rows, farthest][:, None], out=scratch)
+        np.subtract(y, query[1], out=scratch)
         np.multiply(scratch, scratch, out=scratch)
         dist += scratch
-        np.subtract(z, z[rows, farthest][:, None], out=scratch)
+        np.subtract(z, query[2], out=scratch)
         np.multiply(scratch, scratch, out=scratch)
         dist += scratch
         np.minimum(min_dist, dist, out=min_dist)

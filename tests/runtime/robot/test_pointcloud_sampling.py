@@ -55,7 +55,11 @@ def test_bucketed_fps_on_uneven_bucket_count():
     )
 
 
-def test_batched_fps_matches_per_cloud():
+@pytest.mark.parametrize("bucketed_min_points", [16384, 200])
+def test_batched_fps_matches_per_cloud(monkeypatch, bucketed_min_points):
+    monkeypatch.setattr(
+        sampling, "_BUCKETED_MIN_POINTS", bucketed_min_points
+    )  # 200: the 300 cloud goes alone
     rng = np.random.default_rng(3)
     clouds = [rng.normal(size=(n, 3)).astype(np.float32) for n in (50, 0, 300, 7)]
     picks = farthest_point_sample_batch(clouds, 32, start_index=0)
