@@ -26,8 +26,7 @@ def _voxel_means(
     if len(points) == 0:
         return np.empty((0, num_channels), np.float32), np.empty(0, np.int64)
     # Axis-major (3, N) layout: numpy's reductions over a short trailing axis are slow.
-    keys = np.ascontiguousarray(points[:, :3].T)
-    keys *= np.float32(1.0 / voxel_size)
+    keys = np.multiply(points[:, :3].T, np.float32(1.0 / voxel_size), out=np.empty((3, len(points)), np.float32))
     np.floor(keys, out=keys)
     keys -= keys.min(axis=1, keepdims=True)
     int_keys = keys.astype(np.int64)
