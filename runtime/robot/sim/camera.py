@@ -103,18 +103,27 @@ def camera_params(model, data, name: str, width: int, height: int) -> CameraPara
 
 
 class RGBDCamera:
-    """Renders RGB (uint8 HxWx3) and metric depth (float32 HxW, 0 = no return) from named cameras."""
+    """Renders RGB (uint8 HxWx3) and metric depth (float32 HxW, 0 = no return) from named cameras.
+
+    One camera can render many environments built from the same scene: it keeps its own copy of
+    the model and takes each environment's site positions (the goal marker) before drawing. A GL
+    context costs ~125 MB, so a SimWorker shares one across all its environments.
+    """
 
     def __init__(self, model, width: int, height: int, max_depth_m: float = 3.0):
+        import copy
+
         import mujoco
 
         self._mujoco = mujoco
-        self._renderer = mujoco.Renderer(model, height=height, width=width)
+        self._model = copy.deepcopy(model)
+        self._renderer = mujoco.Renderer(self._model, height=height, width=width)
         self.width = width
         self.height = height
         self.max_depth_m = max_depth_m
 
-    def render(self, data, camera: str, rgb: bool = True, depth: bool = True) -> tuple:
+    def render(self, model, data, camera: str, rgb: bool = True, depth: bool = True) -> tuple:
+        self._model.site_pos[:] = model.site_pos
         color = distance = None
         if rgb:
             self._renderer.disable_depth_rendering()

@@ -75,7 +75,9 @@ class SimFrame:
 class PickPlaceSim:
     """One simulated robot; not thread-safe (one per actor or per loop)."""
 
-    def __init__(self, config: SimConfig | None = None):
+    def __init__(self, config: SimConfig | None = None, camera: RGBDCamera | None = None):
+        """`camera`: a renderer shared with other sims of the same scene (see RGBDCamera); else one is
+        made on first use."""
         self.config = config or SimConfig()
         select_gl_backend()  # before mujoco is imported
         import gymnasium as gym
@@ -89,11 +91,8 @@ class PickPlaceSim:
         self.rendering = bool(self.config.render is not False and rendering_available())
         if self.config.render and not self.rendering:
             raise ValueError("sim.render=True but no offscreen GL backend (EGL/OSMesa) works here")
-        self._camera = (
-            RGBDCamera(self._raw.model, self.config.image_size, self.config.image_size, self.config.max_depth_m)
-            if self.rendering
-            else None
-        )
+        self._camera = camera if self.rendering else None
+        self._owns_camera = False
         import mujoco
 
         geom = lambda name: mujoco.mj_name2id(self._raw.model, mujoco.mjtObj.mjOBJ_GEOM, name)  # noqa: E731
@@ -168,19 +167,30 @@ class PickPlaceSim:
         )
         truth.phase = self._phases.update(truth.grasped, object_pos)
         frame = SimFrame(state=state, truth=truth)
-        if self._camera is not None and self.capture:
+        if self.rendering and self.capture:
+            camera = self.camera()
             for name in self.config.cameras:
-                color, depth = self._camera.render(self._raw.data, name, rgb=self.config.rgb, depth=self.config.depth)
+                color, depth = camera.render(self._raw.model, self._raw.data, name, rgb=self.config.rgb,
+                                             depth=self.config.depth)
                 if color is not None:
                     frame.images[name] = color
                 if depth is not None:
                     frame.depths[name] = depth
         return frame
 
+    def camera(self) -> RGBDCamera:
+        if self._camera is None:
+            if not self.rendering:
+                raise RuntimeError("this sim has no offscreen rendering backend")
+            size = self.config.image_size
+            self._camera = RGBDCamera(self._raw.model, size, size, self.config.max_depth_m)
+            self._owns_camera = True
+        return self._camera
+
     def close(self) -> None:
-        if self._camera is not None:
+        if self._camera is not None and self._owns_camera:
             self._camera.close()
-            self._camera = None
+        self._camera = None
         self._env.close()
 
 

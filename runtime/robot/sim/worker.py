@@ -45,7 +45,9 @@ class SimWorker:
         torch.set_num_threads(1)  # workers share few cores; intra-op threads only contend
         if num_envs < 1:
             raise ValueError(f"sim.num_envs must be >= 1, got {num_envs}")
-        self.sims = [PickPlaceSim(sim_config) for _ in range(num_envs)]
+        first = PickPlaceSim(sim_config)
+        shared_camera = first.camera() if first.rendering else None  # one GL context per worker
+        self.sims = [first] + [PickPlaceSim(sim_config, camera=shared_camera) for _ in range(num_envs - 1)]
         self.cloud_config = cloud_config or CloudConfig()
         self.expert = ExpertDriver()
 
