@@ -135,7 +135,7 @@ class ModelRunner:
             meta.decode_kv_len = kv_len
             if min(context_lens) != kv_len:
                 lens = torch.tensor(context_lens, device=device)
-                meta.decode_mask = (torch.arange(kv_len, device=device)[None, :] < lens[:, None])[:, None, None, :]
+                meta.decode_mask = (torch.arange(kv_len, device=device)[None, :] >= lens[:, None])[:, None, None, :]
         for i in prefills:
             seq, n = seqs[i], num_new_tokens[i]
             start_pos = seq.num_computed_tokens

@@ -40,10 +40,10 @@ def train_tokenizer(vocab_size: int = 384):
     return tokenizer
 
 
-def _config(family: str, vocab_size: int, **overrides):
+def _config(family: str, **overrides):
     import transformers
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1)
     if family == "llama":
@@ -71,7 +71,8 @@ def build_tiny_model(path: str, family: str = "llama", *, seed: int = 0, max_sha
 
     os.makedirs(path, exist_ok=True)
     tokenizer = train_tokenizer()
-    config = _config(family, tokenizer.get_vocab_size(), **overrides)
+    overrides.setdefault("vocab_size", tokenizer.get_vocab_size())
+    config = _config(family, **overrides)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype)).eval()
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}

@@ -29,7 +29,7 @@ class AttentionMetadata:
     num_decodes: int = 0  # the first `num_decodes` rows are single-token decodes
     decode_block_tables: torch.Tensor | None = None  # [D, max_blocks]
     decode_kv_len: int = 0
-    decode_mask: torch.Tensor | None = None  # [D, 1, 1, kv_len] bool, None when all lengths are equal
+    decode_mask: torch.Tensor | None = None  # [D, 1, 1, kv_len] True on padding; None if lengths are equal
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -142,8 +142,14 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
 
 def _decode_attention(q: torch.Tensor, cache: PagedKVCache, layer: int, meta: AttentionMetadata,
                       scale: float) -> torch.Tensor:
+    """Plain matmul-softmax-matmul: for one query per sequence it beats the SDPA kernels on CPU,
+    whose per-call setup costs more than this whole computation."""
     num_decodes, num_heads, head_dim = q.shape
     k, v = cache.gather(layer, meta.decode_block_tables, meta.decode_kv_len)  # [D, kv_heads, L, d]
     groups = num_heads // cache.num_kv_heads
     qg = q.view(num_decodes, cache.num_kv_heads, groups, head_dim)  # one query row per grouped head
-    return F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=scale)
+    scores = torch.matmul(qg, k.transpose(-1, -2))
+    if meta.decode_mask is not None:
+        scores.masked_fill_(meta.decode_mask, float("-inf"))
+    probs = torch.softmax(scores.mul_(scale), dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(probs, v)
