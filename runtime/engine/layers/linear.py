@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 class DenseLinear:
     __slots__ = ("weight", "bias")
 
