@@ -115,19 +115,32 @@ def test_instructions_come_from_a_running_serve_llm_app(ray_local):
             assert "pick up the cube" in prompt and "grasp" in prompt
             return " Gently pick up the cube. "
 
-    app_name = "strata-test-llm"
+    @serve.deployment(name="LLMServer:tiny")
+    class FakeStrataServer:
+        """serve_apps.llm's server request/stream shape, without an engine."""
+
+        async def generate(self, request):
+            assert request["model"] == "tiny" and request["sampling"]["temperature"] == 0.0
+            for piece in ("Lift the ", "cube.\nExtra line"):
+                yield {"prompt_tokens": 3, "outputs": [{"index": 0, "text": piece, "token_ids": [1],
+                                                        "finish_reason": None}]}
+
     started_here = not serve.status().applications
     if started_here:
         serve.start(proxy_location="Disabled")
+    episode = PhaseSegmenter(gripper_index=3, fps=10)(_pick_episode())
     try:
-        serve.run(FakeLLM.bind(), name=app_name, route_prefix=None)
-        episode = PhaseSegmenter(gripper_index=3, fps=10)(_pick_episode())
-        labeled = InstructionLabeler(mode="llm", app_name=app_name)(episode)
-        label = _labels(labeled, "instruction")[0][0]
-        assert (label.value, label.source) == ("Gently pick up the cube.", f"llm:{app_name}")
+        serve.run(FakeLLM.bind(), name="strata-test-llm", route_prefix=None)
+        serve.run(FakeStrataServer.bind(), name="strata-test-llm-server", route_prefix=None)
+        for app_name, expected in [("strata-test-llm", "Gently pick up the cube."),
+                                   ("strata-test-llm-server", "Lift the cube.")]:
+            labeled = InstructionLabeler(mode="llm", app_name=app_name)(episode)
+            label = _labels(labeled, "instruction")[0][0]
+            assert (label.value, label.source) == (expected, f"llm:{app_name}")
     finally:
-        serve.delete(app_name)
+        serve.delete("strata-test-llm")
+        serve.delete("strata-test-llm-server")
         if started_here:
             serve.shutdown()
     with pytest.raises(ValueError, match="no Serve application"):
-        InstructionLabeler(mode="llm", app_name=app_name)
+        InstructionLabeler(mode="llm", app_name="strata-test-llm")
