@@ -1,7 +1,7 @@
 """The closed robot loop in simulation: collect -> label -> train -> deploy -> evaluate -> DAgger, repeated.
 
     python -m data_apps.loop --workdir DIR [--rounds 2] [--quick] [--num-episodes 100] [--eval-episodes 50]
-        [--train-steps 2000] [--pointnet | --no-pointnet] [--num-cpus 4]
+        [--train-steps 3000] [--pointnet | --no-pointnet] [--num-cpus 4]
     ray job submit --working-dir . -- python -m data_apps.loop --workdir /mnt/cluster_storage/loop --rounds 2
 
 Round 1 collects expert demonstrations (SimWorker actors -> point clouds -> labelers -> LeRobot v3
@@ -44,12 +44,12 @@ class LoopConfig:
     num_episodes: int = 100  # expert demonstrations in round 1
     new_expert_episodes_per_round: int = 0  # fresh demonstrations added in later rounds
     eval_episodes: int = 50
-    train_steps: int = 2000
+    train_steps: int = 3000
     pointnet: bool = True
     pointnet_train_steps: int = 1000
     noise_std: float = 0.1
     num_sim_workers: int = 2
-    num_envs_per_worker: int = 25
+    num_envs_per_worker: int = 13  # ~40 MB per env; one GL context (~125 MB) per worker
     image_size: int = 64
     supervised: bool = True
 
