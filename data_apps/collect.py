@@ -30,7 +30,7 @@ from runtime.robot.labeling.stages import LabelingConfig
 from runtime.robot.labeling.success import SuccessLabeler
 from runtime.robot.manifest import EpisodeManifest
 from runtime.robot.sim.env import FPS, SimConfig
-from runtime.robot.sim.label_quality import LabelQuality, score_episodes
+from runtime.robot.sim.label_quality import LabelQuality, score_episode
 from runtime.robot.sim.perception import CloudConfig, DepthCloudStage
 from runtime.robot.sim.pool import SimPool, SimPoolConfig
 
@@ -70,6 +70,7 @@ class CollectResult:
     episodes_total: int
     frames_total: int
     label_quality: LabelQuality
+    label_quality_by_mode: dict[str, LabelQuality]  # "expert" / "dagger" / "policy" episodes apart
     sources: list[str]
     wall_s: float
 
@@ -126,8 +127,12 @@ def collect(pool: SimPool, config: CollectConfig) -> CollectResult:
     summary = commit_and_finalize(dataset, dst=config.dst, pipeline="collect", started_s=started_s, fps=FPS,
                                   robot_type="fetch")
     sources = {result["source"] for result in results}
-    committed = EpisodeManifest(config.dst).iter_committed()
-    quality = score_episodes(table for source, table in committed if source in sources)
+    quality, by_mode = LabelQuality(), {}
+    for source, table in EpisodeManifest(config.dst).iter_committed():
+        if source in sources:
+            episode_quality = score_episode(table)
+            quality.add(episode_quality)
+            by_mode.setdefault(source.split("/")[-2], LabelQuality()).add(episode_quality)
     return CollectResult(
         num_episodes=len(results),
         num_frames=summary.frames_this_run,
@@ -135,6 +140,7 @@ def collect(pool: SimPool, config: CollectConfig) -> CollectResult:
         episodes_total=summary.episodes_total,
         frames_total=summary.frames_total,
         label_quality=quality,
+        label_quality_by_mode=by_mode,
         sources=sorted(sources),
         wall_s=time.perf_counter() - started_s,
     )

@@ -27,6 +27,7 @@ from data_apps.collect import CollectConfig, collect
 from runtime.cluster import connect, free_port
 from runtime.robot.policy.evaluation import EvalReport, evaluate_policy
 from runtime.robot.sim.env import SimConfig
+from runtime.robot.sim.label_quality import LabelQuality
 from runtime.robot.sim.pool import SimPool, SimPoolConfig
 from serve_apps.policy import PolicyAppArgs, deploy_policy
 from train_apps.policy_train import PolicyTrainConfig, train_policy
@@ -73,6 +74,7 @@ class RoundReport:
     frames_total: int
     label_success_accuracy: float
     label_phase_f1: float
+    label_phase_f1_by_mode: dict = field(default_factory=dict)
     expert_success_rate: float | None
     train_loss: float
     success_rate: float
@@ -111,9 +113,11 @@ def run_loop(config: LoopConfig, pool: SimPool) -> list[RoundReport]:
                 dst=dataset, seeds=pending_failures, modes=("dagger", "expert"), noise_std=config.noise_std,
                 driver={"kind": "serve", "app_name": APP_NAME}, tag=f"round-{round_index:02d}-dagger")))
         stage_s["collect_label"] = time.perf_counter() - clock
-        quality = collected[0].label_quality
-        for result in collected[1:]:
+        quality, by_mode = LabelQuality(), {}
+        for result in collected:
             quality.add(result.label_quality)
+            for mode, mode_quality in result.label_quality_by_mode.items():
+                by_mode.setdefault(mode, LabelQuality()).add(mode_quality)
         # 4. train on everything collected so far.
         clock = time.perf_counter()
         trained = train_policy(PolicyTrainConfig(
@@ -135,6 +139,7 @@ def run_loop(config: LoopConfig, pool: SimPool) -> list[RoundReport]:
             round=round_index, episodes_added=sum(r.num_episodes for r in collected),
             episodes_total=collected[-1].episodes_total, frames_total=collected[-1].frames_total,
             label_success_accuracy=quality.success_accuracy, label_phase_f1=quality.phase_f1,
+            label_phase_f1_by_mode={mode: q.phase_f1 for mode, q in by_mode.items()},
             expert_success_rate=expert_success, train_loss=trained.final_loss, success_rate=evaluation.success_rate,
             failed_seeds=evaluation.failed_seeds, failure_phases=evaluation.failure_phases,
             policy_version=trained.version, stage_s=stage_s,
@@ -163,7 +168,9 @@ def render_round(report: RoundReport) -> str:
     rows = [
         ("episodes", f"+{report.episodes_added} -> {report.episodes_total} ({report.frames_total} frames)"),
         ("expert success", pct(report.expert_success_rate)),
-        ("label quality", f"success acc {pct(report.label_success_accuracy)}, phase F1(+-2) {report.label_phase_f1:.2f}"),
+        ("label quality", f"success acc {pct(report.label_success_accuracy)}, phase F1(+-2) {report.label_phase_f1:.2f}"
+         + (" (" + ", ".join(f"{m} {f1:.2f}" for m, f1 in report.label_phase_f1_by_mode.items()) + ")"
+            if len(report.label_phase_f1_by_mode) > 1 else "")),
         ("training loss", f"state MLP {report.train_loss:.5f}"
          + ("" if report.pointnet_train_loss is None else f", PointNet {report.pointnet_train_loss:.5f}")),
         ("success rate", f"state MLP {pct(report.success_rate)} (Serve, {report.policy_version})"
