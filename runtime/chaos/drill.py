@@ -80,13 +80,13 @@ class HeartbeatRecorder:
     def on_signals(self, signals: list) -> None:
         pass
 
-    def register_controller(self, controller: Any) -> None:
+    def register_controller(self, controller: Any, attempt: int | None = None) -> None:
         self._controller = controller
 
     def placement_label_selector(self, num_workers: int) -> dict:
         return {}
 
-    def register_workers(self, workers: list[dict]) -> None:
+    def register_workers(self, workers: list[dict], attempt: int | None = None) -> None:
         self._workers = workers
         self._groups.append((time.time(), workers))
 

@@ -42,6 +42,7 @@ _DUPLICATE_WINDOW_S = 10.0
 # usually arrives within a poll or two, so such errors wait this long before being judged.
 _COLLATERAL_MARKERS = ("gloo", "Connection closed", "Connection reset", "NCCL", "ProcessGroup", "Broken pipe")
 _COLLATERAL_GRACE_S = 0.5
+_RESTART_TIMEOUT_S = 120.0
 
 
 @dataclass(kw_only=True, slots=True)
@@ -100,6 +101,8 @@ class ElasticSupervisor:
         self._generation = 0
         self._recovering: list[FaultRecord] = []  # decisions waiting for the next completed step
         self._restarting = False  # a restart was decided and the new worker group has not started yet
+        self._attempt = 0  # one TorchTrainer.fit() per attempt; a resize starts a new one
+        self._restarting_since = 0.0
         self._records: list[FaultRecord] = []
         self._recent: dict[tuple, float] = {}  # (class, key) -> last time, to collapse duplicates
         self._last_step = -1
@@ -128,6 +131,7 @@ class ElasticSupervisor:
             attempt += 1
             with self._lock:
                 self._group_size, self._resize_to, self._controller = size, None, None
+                self._attempt = attempt
             try:
                 self._make_trainer(size, attempt).fit()
                 finished = True
@@ -171,7 +175,7 @@ class ElasticSupervisor:
             run_config=RunConfig(
                 name=f"{config.name}-{attempt}", storage_path=os.path.join(config.checkpoint_dir, "ray_train"),
                 failure_config=FailureConfig(max_failures=config.max_restarts),
-                callbacks=[SupervisorCallback(self._self)]),
+                callbacks=[SupervisorCallback(self._self, attempt)]),
         )
 
     def _target_size(self) -> int:
@@ -187,8 +191,11 @@ class ElasticSupervisor:
         return size
 
     # -- called by Ray Train's controller (SupervisorCallback) ----------------------------------------
-    def register_controller(self, controller: Any) -> None:
+    def register_controller(self, controller: Any, attempt: int | None = None) -> None:
         with self._lock:
+            if attempt is not None and attempt != self._attempt:
+                controller.abort.remote()
+                return
             self._controller = controller
             if self._stop_report is not None or self._resize_to is not None:
                 controller.abort.remote()
@@ -197,8 +204,10 @@ class ElasticSupervisor:
         with self._lock:
             return self._placement.label_selector(num_workers, self._config.spread)
 
-    def register_workers(self, workers: list[dict]) -> None:
+    def register_workers(self, workers: list[dict], attempt: int | None = None) -> None:
         with self._lock:
+            if attempt is not None and attempt != self._attempt:
+                return  # a worker group of an attempt being aborted (resize)
             self._workers = workers
             self._restarting = False
             self._generation += 1
@@ -268,8 +277,10 @@ class ElasticSupervisor:
                 return
             if self._done_ranks and signal.fault_class in _RESTART_NOISE:
                 return  # workers exit when training finishes
-            if self._restarting and signal.fault_class in _RESTART_NOISE:
-                return  # the group is being restarted; its workers die, error out in collectives, stop stepping
+            if self._restarting and time.monotonic() - self._restarting_since > _RESTART_TIMEOUT_S:
+                self._restarting = False  # the restart never came (nothing was killed); listen again
+            if (self._restarting or self._resize_to is not None) and signal.fault_class in _RESTART_NOISE:
+                return  # the group is being restarted or resized; its workers die, error in collectives, stop
             if signal.fault_class == FaultClass.PROCESS_DEATH and signal.pid not in {w["pid"] for w in self._workers}:
                 return
             dedup_key = (_SAME_INCIDENT.get(signal.fault_class, signal.fault_class), signal.key())
@@ -297,7 +308,7 @@ class ElasticSupervisor:
             self._stop(f"{signal.fault_class} on node {signal.node_id} rank {signal.rank}: {record.reason}\n{signal.detail}")
             return
         self._recovering.append(record)
-        self._restarting = True
+        self._restarting, self._restarting_since = True, time.monotonic()
         node_id = signal.node_id or self._node_of_rank(signal.rank)
         if tier == T2 and node_id:
             self._placement.quarantine_gpu(node_id)

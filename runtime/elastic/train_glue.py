@@ -27,12 +27,13 @@ from runtime.health.taxonomy import FaultClass
 class SupervisorCallback(ControllerCallback, WorkerGroupCallback):
     """Runs inside Ray Train's controller actor; forwards to the supervisor actor."""
 
-    def __init__(self, supervisor: Any):
+    def __init__(self, supervisor: Any, attempt: int | None = None):
         self._supervisor = supervisor
+        self._attempt = attempt
 
     def after_controller_start(self, train_run_context: Any) -> None:
         controller = ray.get_runtime_context().current_actor
-        ray.get(self._supervisor.register_controller.remote(controller))
+        ray.get(self._supervisor.register_controller.remote(controller, self._attempt))
 
     def on_controller_start_worker_group(self, *, scaling_config: Any, num_workers: int) -> dict | None:
         return ray.get(self._supervisor.placement_label_selector.remote(num_workers)) or None
@@ -42,7 +43,7 @@ class SupervisorCallback(ControllerCallback, WorkerGroupCallback):
             {"rank": rank, "node_id": worker.metadata.node_id, "pid": worker.metadata.pid}
             for rank, worker in enumerate(worker_group.get_workers())
         ]
-        ray.get(self._supervisor.register_workers.remote(workers))
+        ray.get(self._supervisor.register_workers.remote(workers, self._attempt))
 
 
 def supervised_loop(train_loop_per_worker: Callable[[dict], Any], supervisor: Any) -> Callable[[dict], Any]:
