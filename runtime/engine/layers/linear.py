@@ -45,7 +45,8 @@ class Int8Linear:
         self.compute_dtype = weight.dtype
         self.scale = scale.to(weight.dtype)
         self.bias = bias
-        self.use_int8_kernel = weight.device.type == "cpu"
+        # The kernel needs K % 16 == 0 (other widths crash in torch 2.13); those dequantize per call.
+        self.use_int8_kernel = weight.device.type == "cpu" and weight.shape[1] % 16 == 0
         self._kernel_scale = scale.to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

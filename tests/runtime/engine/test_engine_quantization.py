@@ -26,9 +26,12 @@ def test_int8_per_channel_roundtrip_error_is_small():
     q, scale = quantize_int8_per_channel(weight)
     assert q.dtype == torch.int8 and scale.shape == (64,)
     assert ((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-6).all()
-    layer = Int8Linear(weight)
-    x = torch.randn(3, 128)
-    assert torch.nn.functional.cosine_similarity(layer(x), x @ weight.t(), dim=-1).min() > 0.999
+    for in_features in (128, 172):  # 172: not a multiple of 16, so not the int8 kernel (it would crash)
+        weight = torch.randn(64, in_features)
+        layer = Int8Linear(weight)
+        assert layer.use_int8_kernel == (in_features % 16 == 0)
+        x = torch.randn(3, in_features)
+        assert torch.nn.functional.cosine_similarity(layer(x), x @ weight.t(), dim=-1).min() > 0.999
 
 
 @pytest.mark.parametrize("quantization", ["int8", "fp8"])
