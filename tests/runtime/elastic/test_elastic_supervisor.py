@@ -1,7 +1,8 @@
 """The ElasticSupervisor on the multi-node fixture: faults are detected, tiered, healed; bugs stop the run.
 
-One supervised run takes a schedule of faults (kill, hang, corrupt checkpoint + kill, XID 48, thermal
-throttle, XID 79); short runs cover the stop cases (deterministic bug, full disk).
+One supervised run takes a schedule of faults (hang, corrupt checkpoint + kill, thermal throttle,
+XID 48, XID 79); shorter runs cover node loss (shrink, then grow back) and the stop cases
+(deterministic bug, full disk).
 """
 
 import os
@@ -33,26 +34,25 @@ def _loop_config(tmp_path, **overrides):
 
 
 def test_faults_are_healed_by_the_intended_tier(multinode_cluster, tmp_path):
-    supervisor = start_supervisor(toy_train_loop, _loop_config(tmp_path, max_steps=110), _config(tmp_path))
+    supervisor = start_supervisor(toy_train_loop, _loop_config(tmp_path, max_steps=85), _config(tmp_path))
     run = supervisor.run.remote()
     toy_dir = str(tmp_path / "toy")
     schedule = [
-        Injection(at_step=10, name="kill", inject=lambda: chaos.kill_worker(supervisor, 1), expected_tier=T1),
-        Injection(at_step=25, name="hang", inject=lambda: chaos.hang_worker(supervisor, 0), expected_tier=T1),
-        Injection(at_step=40, name="corrupt+kill", expected_tier=T1,
-                  inject=lambda: (chaos.corrupt_checkpoint(toy_dir), chaos.kill_worker(supervisor, 0))),
-        Injection(at_step=55, name="thermal", inject=lambda: chaos.nvml_fault(supervisor, 0, "thermal_throttle"),
+        Injection(at_step=10, name="hang", inject=lambda: chaos.hang_worker(supervisor, 0), expected_tier=T1),
+        Injection(at_step=25, name="corrupt+kill", expected_tier=T1,
+                  inject=lambda: (chaos.corrupt_checkpoint(toy_dir), chaos.kill_worker(supervisor, 1))),
+        Injection(at_step=40, name="thermal", inject=lambda: chaos.nvml_fault(supervisor, 0, "thermal_throttle"),
                   expected_tier=T0),
-        Injection(at_step=60, name="xid48", inject=lambda: chaos.nvml_fault(supervisor, 1, "xid", 48), expected_tier=T2),
-        Injection(at_step=75, name="xid79", inject=lambda: chaos.nvml_fault(supervisor, 0, "xid", 79), expected_tier=T3),
+        Injection(at_step=45, name="xid48", inject=lambda: chaos.nvml_fault(supervisor, 1, "xid", 48), expected_tier=T2),
+        Injection(at_step=60, name="xid79", inject=lambda: chaos.nvml_fault(supervisor, 0, "xid", 79), expected_tier=T3),
     ]
     run_schedule(supervisor, schedule, timeout_s=240)
     result = ray.get(run, timeout=300)
     ray.kill(supervisor)
 
-    assert result.finished and not result.stopped and result.final_step == 110
+    assert result.finished and not result.stopped and result.final_step == 85
     acted = [(record.fault_class, record.tier) for record in result.faults]
-    assert acted == [("process_death", T1), ("hang", T1), ("process_death", T1), ("checkpoint_corrupt", T0),
+    assert acted == [("hang", T1), ("process_death", T1), ("checkpoint_corrupt", T0),
                      ("thermal_throttle", T0), ("xid_dbe", T2), ("gpu_lost", T3)], acted
     for record in result.faults:
         if record.tier in (T1, T2, T3):
@@ -60,6 +60,8 @@ def test_faults_are_healed_by_the_intended_tier(multinode_cluster, tmp_path):
             assert restored % CHECKPOINT_EVERY == 0, record
             lowest = record.step_at_fault - 2 * CHECKPOINT_EVERY  # one back when the newest was corrupt
             assert lowest < restored <= record.step_at_fault + 1, record
+    corrupt_kill = result.faults[1]
+    assert corrupt_kill.resumed_step - 1 < corrupt_kill.step_at_fault - CHECKPOINT_EVERY + 1  # skipped the corrupt one
     # the T0 signal evicted nobody: one worker group per restart, none for the thermal signal
     assert len(result.worker_nodes_history) == 1 + sum(r.tier in (T1, T2, T3) for r in result.faults)
     # the cordoned node received no new workers; the spare took its place
