@@ -152,8 +152,8 @@ class CheckpointManager:
     def _write(self, step: int, state: dict, metadata: dict) -> None:
         started = time.monotonic()
         blobs = fmt.encode_state(step, state, metadata)
-        if self.replicate:
-            self._put_replica(blobs)
+        # The replica put and the disk write run in parallel; neither waits for the other.
+        replica_put = self._start_replica_put(blobs) if self.replicate else None
         try:
             if os.path.exists(os.path.join(self.checkpoint_dir, DISK_FULL_MARKER)):
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (quota marker {DISK_FULL_MARKER})",
@@ -170,7 +170,9 @@ class CheckpointManager:
             _count_failure()
             if error.errno == errno.ENOSPC:
                 report_event(FaultClass.DISK_FULL, message, step=step)
+            self._finish_replica_put(replica_put, step)
             return
+        self._finish_replica_put(replica_put, step)
         self.saved_steps.append(step)
         self._prune()
         logger.info(
@@ -178,15 +180,25 @@ class CheckpointManager:
             time.monotonic() - started,
         )
 
-    def _put_replica(self, blobs: fmt.CheckpointBlobs) -> None:
+    def _start_replica_put(self, blobs: fmt.CheckpointBlobs):
         import ray
 
         try:
-            actor = replica.get_or_create_replica(self.checkpoint_dir)
-            ray.get(actor.put.remote(blobs), timeout=_REPLICA_TIMEOUT_S)
+            return replica.get_or_create_replica(self.checkpoint_dir).put.remote(blobs)
+        except (ray.exceptions.RayError, ValueError) as error:
+            logger.warning("checkpoint step %d: in-memory replica not updated: %s", blobs.step, error)
+            return None
+
+    def _finish_replica_put(self, put_ref, step: int) -> None:
+        if put_ref is None:
+            return
+        import ray
+
+        try:
+            ray.get(put_ref, timeout=_REPLICA_TIMEOUT_S)
         except (ray.exceptions.RayError, ValueError) as error:
             # The replica is an accelerator for recovery; storage stays the source of truth.
-            logger.warning("checkpoint step %d: in-memory replica not updated: %s", blobs.step, error)
+            logger.warning("checkpoint step %d: in-memory replica not updated: %s", step, error)
 
     def _prune(self) -> None:
         for step in fmt.list_steps(self.checkpoint_dir)[self.keep:]:

@@ -106,6 +106,17 @@ def restore_optimizer(engine, optimizer_state: dict, config: LMTrainConfig) -> N
     _set_adam_step(engine, int(optimizer_state["adam_step"]))
 
 
+def _global_mean(value: torch.Tensor, world_size: int) -> float:
+    """The loss over the whole global batch (each rank holds the mean over its own rows)."""
+    if world_size == 1:
+        return value.item()
+    import torch.distributed as dist
+
+    total = value.float().clone()
+    dist.all_reduce(total)
+    return total.item() / world_size
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Train (or resume) the LM; every rank runs this under Ray Train. Returns the final step/loss."""
     import ray.train
@@ -141,6 +152,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     batches = TokenBatches(cfg.data_dir, cfg.seq_len, seed=cfg.seed)
     loss_value = float("nan")
+    loss_history: list[list] = []  # [step, global mean loss] of this worker group's steps
     step = start_step
     for step in range(start_step + 1, cfg.max_steps + 1):
         for group in engine.optimizer.param_groups:
@@ -151,7 +163,8 @@ def train_loop_per_worker(config: dict) -> dict:
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
         engine.backward(loss)
         engine.step()
-        loss_value = loss.item()
+        loss_value = _global_mean(loss.detach(), world_size)
+        loss_history.append([step, loss_value])
         report_step(step, loss_value, num_tokens=inputs.numel(), lr=cfg.lr_at(step - 1))
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
             state = gather_state(engine, step)
@@ -159,6 +172,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 ckpt.save_async(step, state, metadata={
                     "loss": loss_value, "world_size": world_size, "zero_stage": cfg.zero_stage,
                     "time_s": time.time(), "tokens_seen": step * cfg.global_batch_size * cfg.seq_len,
+                    "resumed_from_step": start_step, "loss_history": loss_history,
                 })
     if rank == 0:
         ckpt.wait()
