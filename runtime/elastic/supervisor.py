@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 
+from runtime import metrics
 from runtime.elastic.placement import Placement, PlacementConfig
 from runtime.elastic.records import ElasticResult, FaultRecord
 from runtime.elastic.tiers import T0, T1, T2, T3, T4, TIER_NAMES, TierPolicy, TierPolicyConfig
@@ -237,6 +238,8 @@ class ElasticSupervisor:
                     record.mttr_s = beat.time_s - origin
                     if record.step_at_fault is not None:
                         record.steps_lost = max(0, record.step_at_fault - beat.step + 1)
+                    metrics.histogram("strata_elastic_mttr_s", "fault -> next completed step", tag_keys=("tier",)).observe(
+                        record.mttr_s, tags={"tier": record.tier})
                     logger.info("recovered from %s (%s) in %.2f s at step %d", record.fault_class, record.tier,
                                 record.mttr_s, beat.step)
                 self._recovering = []
@@ -296,6 +299,11 @@ class ElasticSupervisor:
                 decided_s=detected_s, detection_latency_s=signal.detection_latency_s, step_at_fault=self._last_step,
                 detail=signal.detail[-500:])
             self._records.append(record)
+            tags = {"fault_class": signal.fault_class, "tier": decision.tier}
+            metrics.counter("strata_elastic_faults_total", "faults by class and tier", ("fault_class", "tier")).inc(tags=tags)
+            if signal.detection_latency_s is not None:
+                metrics.histogram("strata_elastic_detection_latency_s", "fault -> signal latency",
+                                  tag_keys=("fault_class", "tier")).observe(signal.detection_latency_s, tags=tags)
             logger.warning("fault %s on node=%s rank=%s -> %s (%s): %s | detection %.3f s", signal.fault_class,
                            (signal.node_id or "")[:8], signal.rank, decision.tier, TIER_NAMES[decision.tier],
                            decision.reason, signal.detection_latency_s or -1.0)
