@@ -194,7 +194,15 @@ def plot(runs: list[dict], path: str) -> None:
         if not run["loss_history"]:
             continue
         start = run["loss_history"][0][0]
-        axis.plot([t - start for t, _, _ in run["loss_history"]], [loss for _, _, loss in run["loss_history"]], lw=1)
+        times, losses, previous = [], [], None
+        for t, _, loss in run["loss_history"]:
+            if previous is not None and t - previous > 2.0:  # no step for 2 s: show the outage as a gap
+                times.append(float("nan"))
+                losses.append(float("nan"))
+            times.append(t - start)
+            losses.append(loss)
+            previous = t
+        axis.plot(times, losses, lw=1)
         for item in run["injections"]:
             axis.axvline(item["injected_s"] - start, color="red", ls="--", lw=0.8)
             axis.text(item["injected_s"] - start, axis.get_ylim()[1], item["name"], rotation=90, va="top", fontsize=7)
