@@ -121,7 +121,8 @@ def test_inflight_transfers_are_bounded(ray_local):
     # With one slot the ready package must wait behind the slow one.
     assert ray.get(decode.pull_order.remote(slow, fast)) == ["slow", "fast"]
     decode_wide = DecodeSide.remote(max_inflight_transfers=2)
-    slow["kv"].payload = late_package.remote(1.0)
+    ray.get(decode_wide.__ray_ready__.remote())  # the slow package must still be in the making when pulled
+    slow["kv"].payload = late_package.remote(3.0)
     assert ray.get(decode_wide.pull_order.remote(slow, fast)) == ["fast", "slow"]
 
 
