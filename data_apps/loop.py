@@ -9,7 +9,8 @@ dataset under DIR/dataset). Every round then trains a state-MLP policy (and a Po
 train_apps.policy_train under the elastic supervisor, deploys or hot-swaps it on Serve
 (serve_apps.policy), evaluates it on seeds no round has seen, and re-collects each failed start
 twice, DAgger-style (the policy drives while the expert labels, and the expert alone), so the next
-round trains on the grown dataset. A table per round and DIR/loop_report.json record the results.
+round trains on the grown dataset. A table per round, DIR/loop_report.json and the failure cases
+(DIR/evaluations/round-NN.json: seed and the simulator's final state) record the results.
 Only the apps' public entry points are used: collect(), train_policy(), deploy_policy().
 """
 
@@ -135,6 +136,11 @@ def run_loop(config: LoopConfig, pool: SimPool) -> list[RoundReport]:
         evaluation: EvalReport = evaluate_policy(pool, eval_seeds, {"kind": "serve", "app_name": APP_NAME})
         stage_s["evaluate"] = time.perf_counter() - clock
         pending_failures = evaluation.failed_seeds
+        failures_path = workdir / "evaluations" / f"round-{round_index:02d}.json"
+        failures_path.parent.mkdir(parents=True, exist_ok=True)
+        failures_path.write_text(json.dumps({"seeds": eval_seeds, "success_rate": evaluation.success_rate,
+                                             "policy_versions": evaluation.policy_versions,
+                                             "failures": evaluation.failures}, indent=2))
         report = RoundReport(
             round=round_index, episodes_added=sum(r.num_episodes for r in collected),
             episodes_total=collected[-1].episodes_total, frames_total=collected[-1].frames_total,
