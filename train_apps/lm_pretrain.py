@@ -2,7 +2,7 @@
 
     python -m train_apps.lm_pretrain --output /tmp/lm_default [--preset default|tiny|bench]
         [--num-workers 2] [--zero-stage 2] [--max-steps S] [--checkpoint-dir D]
-        [--supervised/--no-supervised]
+        [--supervised/--no-supervised] [--use-gpu]
     ray job submit --working-dir . -- python -m train_apps.lm_pretrain --output /mnt/shared/lm_default \\
         --checkpoint-dir /mnt/shared/lm_ckpt --data-dir /mnt/shared/lm_data
 
@@ -112,6 +112,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="tokenized-corpus cache (default ~/.cache/strata)")
     parser.add_argument("--checkpoint-every-steps", type=int, default=None)
     parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL (GPU nodes)")
     parser.add_argument("--supervised", action=argparse.BooleanOptionalAction, default=True,
                         help="run under the ElasticSupervisor (default) or a plain TorchTrainer")
     parser.add_argument("--max-failures", type=int, default=3)
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = PRESETS[args.preset]()
     overrides = {"zero_stage": args.zero_stage, "num_threads_per_worker": args.threads_per_worker,
+                 "use_gpu": args.use_gpu,
                  "checkpoint_dir": args.checkpoint_dir or f"{args.output.rstrip('/')}.checkpoints"}
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps

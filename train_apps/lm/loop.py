@@ -128,6 +128,11 @@ def train_loop_per_worker(config: dict) -> dict:
     torch.set_num_threads(cfg.num_threads_per_worker)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    if cfg.global_batch_size % world_size:
+        raise ValueError(
+            f"train.global_batch_size ({cfg.global_batch_size}) must be divisible by the number of workers "
+            f"({world_size}); it is fixed across restarts so that the data position is the step"
+        )
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)
