@@ -208,7 +208,8 @@ def bench_ops(quick: bool) -> dict:
 
 
 class PeakMemory:
-    """Samples the summed RSS of this driver and its Ray worker processes (`ray::` names) in a thread."""
+    """Samples the summed RSS of this driver and its descendants (the embedded cluster's raylet and
+    workers; other Ray clusters on the machine are not counted) in a background thread."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         import psutil
@@ -218,10 +219,13 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        total = self._psutil.Process().memory_info().rss
-        for proc in self._psutil.process_iter(["name", "memory_info"]):
-            if (proc.info["name"] or "").startswith("ray::") and proc.info["memory_info"]:
-                total += proc.info["memory_info"].rss
+        me = self._psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except self._psutil.NoSuchProcess:
+                pass
         return total
 
     def _run(self) -> None:
@@ -236,6 +240,20 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def cluster_cpu_seconds() -> float:
+    """User + system CPU seconds of this driver and all its descendants (raylet, GCS, workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def bench_pipeline(num_frames: int) -> dict:
@@ -280,6 +298,7 @@ def bench_pipeline(num_frames: int) -> dict:
         pass
     frames = points_in = 0
     with PeakMemory() as memory:
+        cpu_before = cluster_cpu_seconds()
         started = time.perf_counter()
         clouds = build_pointcloud_pipeline(
             synthetic_depth_frames(num_frames, batch_size=config.batch_size), config
@@ -288,6 +307,7 @@ def bench_pipeline(num_frames: int) -> dict:
             frames += len(batch["num_points.depth"])
             points_in += int(batch["num_points.depth"].sum())
         wall_s = time.perf_counter() - started
+        cluster_cpu_s = cluster_cpu_seconds() - cpu_before
     ray_cpus = ray.cluster_resources().get("CPU", 0)
     return {
         "frames": frames,
@@ -300,6 +320,9 @@ def bench_pipeline(num_frames: int) -> dict:
         "capacity_frames_per_s_per_core_from_cpu_time": 1.0 / stage_cpu_s_per_frame,
         "speedup_vs_in_process": frames / wall_s / baseline_fps,
         "peak_rss_bytes_driver_plus_workers": memory.peak_bytes,
+        # Load-independent view: all CPU the run cost (Ray overhead included), and what 2 dedicated CPUs give.
+        "cluster_cpu_s_per_frame": cluster_cpu_s / frames,
+        "projected_frames_per_s_on_2_dedicated_cpus": 2 * frames / cluster_cpu_s,
         "config": {
             "height": config.height,
             "width": config.width,
@@ -369,6 +392,10 @@ def main(argv: list[str] | None = None) -> dict:
         "voxel_downsample_points_per_s_per_core>=30M": ops["voxel_downsample"]["strata_points_per_s"] >= 30e6,
         "fps_1024_of_100k_s<=0.020": ops["fps"]["strata_s"] <= 0.020,
         "pipeline_frames_per_s>=80": report.get("pipeline", {}).get("frames_per_s", 0) >= 80,
+        "pipeline_projected_frames_per_s_on_2_dedicated_cpus>=80": report.get("pipeline", {}).get(
+            "projected_frames_per_s_on_2_dedicated_cpus", 0
+        )
+        >= 80,
     }
     report["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
     report["driver_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
