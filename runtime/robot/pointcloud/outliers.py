@@ -5,11 +5,11 @@ mean distance from point i to its num_neighbors nearest other points, keep the p
 d_i <= mean(d) + std_ratio * std(d).
 
 Neighbours are exact. Small clouds use brute force (matrix-product distances + top-k in torch).
-Larger ones are cut into query groups, the cells of a grid a few neighbour radii wide (the radius
-estimated from a sample); each group is matched only against the points inside its bounding box
-grown by one radius, found through a sorted-x index. A query's answer is provably exact when its
-k-th neighbour lies closer than the grown box's boundary; the few queries that fail that test
-(sparse regions, outliers) are redone against the whole cloud.
+Larger ones are cut into query groups, the cells of a grid a few neighbour radii wide (the radius:
+the median k-th neighbour distance of a sample); each group is matched only against the points
+inside its bounding box grown by one radius, found through a sorted-x index. A query's answer is
+provably exact when its k-th neighbour lies closer than the grown box's boundary; queries that fail
+(sparser regions) retry with a larger radius, and the last few (outliers) against the whole cloud.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import torch
 
 _BRUTE_FORCE_MAX_POINTS = 4096
 _RADIUS_SAMPLE = 256
-_CELL_RADII = 4.0
+_CELL_RADII = 3.0
+_RADIUS_SCALES = (0.75, 1.5, 3.0)
+_RADIUS_QUANTILE = 0.5
 
 
 def _knn_mean(
@@ -45,10 +47,10 @@ def _brute_force(xyz: torch.Tensor, rows: torch.Tensor, num_neighbors: int, chun
 
 
 def _neighbor_radius(xyz: torch.Tensor, num_neighbors: int, rng: np.random.Generator) -> float:
-    """90th percentile of the k-th neighbour distance over a random sample of the cloud."""
+    """A quantile of the k-th neighbour distance over a random sample of the cloud."""
     sample = torch.from_numpy(rng.choice(len(xyz), size=min(_RADIUS_SAMPLE, len(xyz)), replace=False))
     kth = _knn_mean(xyz[sample], xyz, num_neighbors)[1]
-    return float(np.quantile(kth, 0.9))
+    return float(np.quantile(kth, _RADIUS_QUANTILE))
 
 
 def mean_neighbor_distances(points: np.ndarray, num_neighbors: int, *, chunk_size: int = 1024) -> np.ndarray:
@@ -67,19 +69,34 @@ def mean_neighbor_distances(points: np.ndarray, num_neighbors: int, *, chunk_siz
     radius = _neighbor_radius(xyz, num_neighbors, np.random.default_rng(0))
     if not radius > 0:  # mostly duplicate points
         return _brute_force(xyz, torch.arange(num_points), num_neighbors, chunk_size)
-    # Query groups: cells of a grid of _CELL_RADII neighbour radii; candidates: the cell grown by a radius.
-    cells = np.floor(xyz_np * np.float32(1.0 / (_CELL_RADII * radius))).astype(np.int64)
+    by_x = np.argsort(xyz_np[:, 0], kind="stable")
+    index = (xyz_np, by_x, xyz_np[by_x, 0])
+    out = np.empty(num_points, dtype=np.float32)
+    rows = np.arange(num_points)
+    for scale in _RADIUS_SCALES:  # queries that fail at one radius retry at a larger one
+        rows = _pruned_pass(xyz, index, rows, radius * scale, num_neighbors, out)
+        if len(rows) == 0:
+            return out
+    out[rows] = _brute_force(xyz, torch.from_numpy(rows), num_neighbors, chunk_size)
+    return out
+
+
+def _pruned_pass(xyz, index, rows, radius, num_neighbors, out) -> np.ndarray:
+    """kNN means of `rows` from nearby candidates only; writes `out`, returns the rows not proven exact.
+
+    Query groups are the cells of a grid _CELL_RADII radii wide; a group's candidates are the points in
+    its bounding box grown by one radius.
+    """
+    xyz_np, by_x, sorted_x = index
+    cells = np.floor(xyz_np[rows] * np.float32(1.0 / (_CELL_RADII * radius))).astype(np.int64)
     cells -= cells.min(axis=0)
     dims = cells.max(axis=0) + 1
     keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
-    by_cell = np.argsort(keys, kind="stable")
-    bounds = np.flatnonzero(np.diff(keys[by_cell])) + 1
-    by_x = np.argsort(xyz_np[:, 0], kind="stable")
-    sorted_x = xyz_np[by_x, 0]
-    out = np.empty(num_points, dtype=np.float32)
-    retry = []
-    for rows in np.split(by_cell, bounds):
-        group = xyz_np[rows]
+    by_cell = rows[np.argsort(keys, kind="stable")]
+    bounds = np.flatnonzero(np.diff(np.sort(keys, kind="stable"))) + 1
+    failed = []
+    for group_rows in np.split(by_cell, bounds):
+        group = xyz_np[group_rows]
         low, high = group.min(axis=0) - radius, group.max(axis=0) + radius
         first = np.searchsorted(sorted_x, low[0], side="left")
         last = np.searchsorted(sorted_x, high[0], side="right")
@@ -87,18 +104,15 @@ def mean_neighbor_distances(points: np.ndarray, num_neighbors: int, *, chunk_siz
         inside = xyz_np[candidates, 1:]
         candidates = candidates[np.all((inside >= low[1:]) & (inside <= high[1:]), axis=1)]
         if len(candidates) <= num_neighbors:
-            retry.append(rows)
+            failed.append(group_rows)
             continue
         mean, kth = _knn_mean(torch.from_numpy(group), xyz[torch.from_numpy(candidates)], num_neighbors)
         to_boundary = np.minimum(group - low, high - group).min(axis=1)
         exact = kth * np.float32(1.0001) < to_boundary  # nothing outside the box can be nearer
-        out[rows] = mean
+        out[group_rows[exact]] = mean[exact]
         if not exact.all():
-            retry.append(rows[~exact])
-    if retry:
-        rows = np.concatenate(retry)
-        out[rows] = _brute_force(xyz, torch.from_numpy(rows), num_neighbors, chunk_size)
-    return out
+            failed.append(group_rows[~exact])
+    return np.concatenate(failed) if failed else np.empty(0, dtype=np.int64)
 
 
 def statistical_outlier_mask(
