@@ -31,8 +31,7 @@ def export_hf(weights: dict[str, torch.Tensor], model_config: LlamaConfig, token
     hf_config = model_config.to_hf_config(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     with open(os.path.join(output_dir, "config.json"), "w") as handle:
         json.dump(hf_config, handle, indent=2)
-    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": False,
-                  "max_length": model_config.max_position_embeddings}
+    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": False}
     with open(os.path.join(output_dir, "generation_config.json"), "w") as handle:
         json.dump(generation, handle, indent=2)
     tensors = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in weights.items()}
