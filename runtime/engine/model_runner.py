@@ -14,13 +14,14 @@ import torch
 
 from runtime.engine.config import EngineConfig
 from runtime.engine.device import configure_threads, resolve_device, resolve_dtype
-from runtime.engine.layers.attention import AttentionMetadata, PagedKVCache, PrefillChunk
+from runtime.engine.layers.attention import AttentionMetadata, DecodeGroup, PagedKVCache, PrefillChunk
 from runtime.engine.loader import load_model, read_hf_config
 from runtime.engine.sequence import Sequence
 
 CPU_KV_CACHE_MAX_BYTES = 2 << 30
 CPU_KV_CACHE_MEMORY_FRACTION = 0.2
 GPU_ACTIVATION_RESERVE_BYTES = 1 << 30
+DECODE_GROUP_SIZE = 16  # decodes per batched attention call (sorted by length: little padding)
 
 
 class ModelRunner:
@@ -106,36 +107,39 @@ class ModelRunner:
                 k, v = seq.pending_kv.kv_tensors()
                 self.kv_cache.write_tokens(seq.block_table, k, v)
                 seq.pending_kv = None
-        decodes = [i for i, n in enumerate(num_new_tokens) if n == 1]
+        # Decodes sorted by context length and cut into groups, so batched attention pads little.
+        decodes = sorted((i for i, n in enumerate(num_new_tokens) if n == 1), key=lambda i: seqs[i].num_computed_tokens)
         prefills = [i for i, n in enumerate(num_new_tokens) if n > 1]
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
-        context_lens: list[int] = []
         for i in decodes:
             seq = seqs[i]
             pos = seq.num_computed_tokens
             input_ids.append(seq.token_ids[pos])
             positions.append(pos)
             slots.append(seq.block_table[pos // bs] * bs + pos % bs)
-            context_lens.append(pos + 1)
             if pos + 1 == seq.num_tokens:
                 sample_rows.append(len(input_ids) - 1)
                 sample_seqs.append(seq)
         device = self.device
         meta = AttentionMetadata(slot_mapping=None, num_decodes=len(decodes))
-        if decodes:
-            kv_len = max(context_lens)
+        for start in range(0, len(decodes), DECODE_GROUP_SIZE):
+            group = [seqs[i] for i in decodes[start:start + DECODE_GROUP_SIZE]]
+            context_lens = [seq.num_computed_tokens + 1 for seq in group]
+            kv_len = context_lens[-1]
             num_table_blocks = -(-kv_len // bs)
-            tables = [seqs[i].block_table[:num_table_blocks] for i in decodes]
+            tables = [seq.block_table[:num_table_blocks] for seq in group]
             tables = [t + [0] * (num_table_blocks - len(t)) for t in tables]
-            meta.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=device)
-            meta.decode_kv_len = kv_len
-            if min(context_lens) != kv_len:
+            mask = None
+            if context_lens[0] != kv_len:
                 lens = torch.tensor(context_lens, device=device)
-                meta.decode_mask = (torch.arange(kv_len, device=device)[None, :] >= lens[:, None])[:, None, None, :]
+                mask = (torch.arange(kv_len, device=device)[None, :] >= lens[:, None])[:, None, None, :]
+            meta.decode_groups.append(DecodeGroup(
+                start=start, end=start + len(group), kv_len=kv_len, mask=mask,
+                block_tables=torch.tensor(tables, dtype=torch.long, device=device)))
         for i in prefills:
             seq, n = seqs[i], num_new_tokens[i]
             start_pos = seq.num_computed_tokens

@@ -24,12 +24,21 @@ class PrefillChunk:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """Single-token decodes of similar context length, attended in one batched call."""
+
+    start: int  # rows of this group in the flattened batch
+    end: int
+    block_tables: torch.Tensor  # [D, max_blocks]
+    kv_len: int  # the longest context in the group
+    mask: torch.Tensor | None = None  # [D, 1, 1, kv_len] True on padding; None if lengths are equal
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot of every new token
     num_decodes: int = 0  # the first `num_decodes` rows are single-token decodes
-    decode_block_tables: torch.Tensor | None = None  # [D, max_blocks]
-    decode_kv_len: int = 0
-    decode_mask: torch.Tensor | None = None  # [D, 1, 1, kv_len] True on padding; None if lengths are equal
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -118,12 +127,12 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     cache.write(layer, meta.slot_mapping, k, v)
-    num_decodes = meta.num_decodes
-    if num_decodes == num_tokens and not meta.prefills:
-        return _decode_attention(q, cache, layer, meta, scale).view(num_tokens, num_heads * head_dim)
+    if len(meta.decode_groups) == 1 and not meta.prefills:
+        return _decode_attention(q, cache, layer, meta.decode_groups[0], scale).view(num_tokens, -1)
     out = torch.empty(num_tokens, num_heads * head_dim, dtype=q.dtype, device=q.device)
-    if num_decodes:
-        out[:num_decodes] = _decode_attention(q[:num_decodes], cache, layer, meta, scale).view(num_decodes, -1)
+    for group in meta.decode_groups:
+        attn = _decode_attention(q[group.start:group.end], cache, layer, group, scale)
+        out[group.start:group.end] = attn.view(group.end - group.start, -1)
     for chunk in meta.prefills:
         n = chunk.end - chunk.start
         qc = q[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
@@ -140,16 +149,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
     return out
 
 
-def _decode_attention(q: torch.Tensor, cache: PagedKVCache, layer: int, meta: AttentionMetadata,
+def _decode_attention(q: torch.Tensor, cache: PagedKVCache, layer: int, group: DecodeGroup,
                       scale: float) -> torch.Tensor:
     """Plain matmul-softmax-matmul: for one query per sequence it beats the SDPA kernels on CPU,
     whose per-call setup costs more than this whole computation."""
     num_decodes, num_heads, head_dim = q.shape
-    k, v = cache.gather(layer, meta.decode_block_tables, meta.decode_kv_len)  # [D, kv_heads, L, d]
+    k, v = cache.gather(layer, group.block_tables, group.kv_len)  # [D, kv_heads, L, d]
     groups = num_heads // cache.num_kv_heads
     qg = q.view(num_decodes, cache.num_kv_heads, groups, head_dim)  # one query row per grouped head
     scores = torch.matmul(qg, k.transpose(-1, -2))
-    if meta.decode_mask is not None:
-        scores.masked_fill_(meta.decode_mask, float("-inf"))
+    if group.mask is not None:
+        scores.masked_fill_(group.mask, float("-inf"))
     probs = torch.softmax(scores.mul_(scale), dim=-1, dtype=torch.float32).to(v.dtype)
     return torch.matmul(probs, v)
