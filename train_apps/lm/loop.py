@@ -172,6 +172,8 @@ def train_loop_per_worker(config: dict) -> dict:
         loss_history.append([step, loss_value])
         report_step(step, loss_value, num_tokens=inputs.numel(), lr=cfg.lr_at(step - 1))
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
+            # The only part training waits for: consolidating the ZeRO partitions and a CPU snapshot.
+            started = time.monotonic()
             state = gather_state(engine, step)
             if rank == 0:
                 ckpt.save_async(step, state, metadata={
@@ -179,6 +181,8 @@ def train_loop_per_worker(config: dict) -> dict:
                     "time_s": time.time(), "tokens_seen": step * cfg.global_batch_size * cfg.seq_len,
                     "resumed_from_step": start_step, "loss_history": loss_history,
                 })
+                print(f"checkpoint step {step}: training paused {time.monotonic() - started:.2f} s "
+                      "(gather + snapshot); storage and replica writes continue in the background", flush=True)
     if rank == 0:
         ckpt.wait()
     ckpt.close()
