@@ -1,6 +1,6 @@
 """Engine throughput against transformers `generate`, same models, same prompts, one run.
 
-    python -m benchmarks.engine_throughput [--quick] [--models 50m,120m] [--trained-model DIR]
+    python -m benchmarks.engine_throughput [--quick] [--models 50m,120m] [--trained-model DIR] [--threads N]
     ray job submit --working-dir . -- python -m benchmarks.engine_throughput --quick
 
 For a ~50M and a ~120M Llama (random weights, fp32 and int8) it measures: batch-1 decode tokens/s
@@ -79,7 +79,8 @@ def linear_floor_s(model_dir: str, repeats: int) -> tuple[float, int]:
 
 
 def engine_decode_step_s(model_dir: str, quantization: str | None, num_tokens: int) -> float:
-    engine = LLMEngine(model_dir, quantization=quantization, max_model_len=1024, max_num_seqs=64)
+    engine = LLMEngine(model_dir, quantization=quantization, max_model_len=1024, max_num_seqs=64,
+                       num_threads=torch.get_num_threads())
     engine.add_request("b1", {"prompt_token_ids": list(range(100, 132))},
                        SamplingParams(temperature=0, max_tokens=num_tokens, ignore_eos=True))
     engine.step()  # prefill
@@ -215,12 +216,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 50m only, few short requests")
     parser.add_argument("--models", default=None, help="comma list of 50m,120m")
     parser.add_argument("--trained-model", default=None, help="HF dir of a trained LM for int8 agreement")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU allotment)")
     parser.add_argument("--model-cache", default=os.path.join("/tmp", "strata-engine-bench"))
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "engine_throughput.json"))
     args = parser.parse_args()
     import transformers
 
-    threads = configure_threads(None)
+    threads = configure_threads(args.threads)
     names = (args.models or ("50m" if args.quick else "50m,120m")).split(",")
     decode_tokens = 16 if args.quick else 128
     requests = workload(8, (32, 96), (8, 32)) if args.quick else workload(64, (32, 512), (16, 256))
@@ -245,7 +247,8 @@ def main() -> None:
             entry[key] = {"decode_step_s": step_s, "decode_tokens_per_s": 1 / step_s,
                           "floor_fraction": floor_s / step_s, "mixed": mixed,
                           "mixed_speedup_vs_hf": mixed["tokens_per_s"] / entry["hf_mixed"]["tokens_per_s"],
-                          "memory": LLMEngine(model_dir, quantization=quant, num_kvcache_blocks=8).memory_report()}
+                          "memory": LLMEngine(model_dir, quantization=quant, num_kvcache_blocks=8,
+                                               max_model_len=128).memory_report()}
         entry["prefix_cache"] = prefix_benefit(model_dir, 4 if args.quick else 16, 128 if args.quick else 384)
         results["models"][name] = entry
     if args.trained_model:

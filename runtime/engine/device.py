@@ -14,12 +14,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device is {name!r} but CUDA is not available")
-    if device.type not in ("cpu", "cuda"):
+    if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
-    return device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device is {name!r} but CUDA is not available")
+    return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device, hf_config: dict) -> torch.dtype:
