@@ -238,7 +238,9 @@ def main() -> None:
                  "floor_bandwidth_gb_s": linear_bytes / floor_s / 1e9,
                  "hf_decode_step_s": hf_decode_step_s(hf, decode_tokens)}
         entry["hf_floor_fraction"] = floor_s / entry["hf_decode_step_s"]
+        log(name, floor_ms=1e3 * floor_s, hf_step_ms=1e3 * entry["hf_decode_step_s"])
         entry["hf_mixed"] = hf_mixed(hf, requests, HF_STATIC_BATCH)
+        log(name, hf_mixed=entry["hf_mixed"])
         del hf
         for quant in (None, "int8"):
             key = quant or "fp32"
@@ -249,7 +251,9 @@ def main() -> None:
                           "mixed_speedup_vs_hf": mixed["tokens_per_s"] / entry["hf_mixed"]["tokens_per_s"],
                           "memory": LLMEngine(model_dir, quantization=quant, num_kvcache_blocks=8,
                                                max_model_len=128).memory_report()}
+            log(name, key, step_ms=1e3 * step_s, floor_fraction=floor_s / step_s, mixed=mixed)
         entry["prefix_cache"] = prefix_benefit(model_dir, 4 if args.quick else 16, 128 if args.quick else 384)
+        log(name, prefix_cache=entry["prefix_cache"])
         results["models"][name] = entry
     if args.trained_model:
         results["int8_agreement"] = int8_agreement(args.trained_model, 2 if args.quick else 8,
@@ -261,6 +265,10 @@ def main() -> None:
     print_table(results)
     plot(results, args.out.removesuffix(".json") + ".png")
     print(f"wrote {args.out}")
+
+
+def log(*parts, **values) -> None:
+    print(" ".join(map(str, parts)), json.dumps(values, default=float), f"load={os.getloadavg()[0]:.1f}", flush=True)
 
 
 def print_table(results: dict) -> None:
