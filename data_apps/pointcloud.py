@@ -112,9 +112,8 @@ def run(args: argparse.Namespace) -> PointCloudSummary:
     count_columns = ["num_points.depth", "num_points.sampled"]
     if args.output:
         clouds.write_parquet(args.output)
-        batches = ray.data.read_parquet(
-            args.output, columns=count_columns, file_extensions=["parquet"]
-        ).iter_batches(batch_size=4096)
+        written = ray.data.read_parquet(args.output, file_extensions=["parquet"])
+        batches = written.select_columns(count_columns).iter_batches(batch_size=4096, batch_format="numpy")
     else:
         batches = clouds.select_columns(count_columns).iter_batches(batch_size=4096, batch_format="numpy")
     frames_done = points_in = points_out = 0
