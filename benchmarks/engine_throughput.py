@@ -1,6 +1,7 @@
 """Engine throughput against transformers `generate`, same models, same prompts, one run.
 
     python -m benchmarks.engine_throughput [--quick] [--models 50m,120m] [--trained-model DIR] [--threads N]
+        [--num-requests 64]
     ray job submit --working-dir . -- python -m benchmarks.engine_throughput --quick
 
 For a ~50M and a ~120M Llama (random weights, fp32 and int8) it measures: batch-1 decode tokens/s
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 50m only, few short requests")
     parser.add_argument("--models", default=None, help="comma list of 50m,120m")
     parser.add_argument("--trained-model", default=None, help="HF dir of a trained LM for int8 agreement")
+    parser.add_argument("--num-requests", type=int, default=64, help="mixed workload size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU allotment)")
     parser.add_argument("--model-cache", default=os.path.join("/tmp", "strata-engine-bench"))
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "engine_throughput.json"))
@@ -225,7 +227,7 @@ def main() -> None:
     threads = configure_threads(args.threads)
     names = (args.models or ("50m" if args.quick else "50m,120m")).split(",")
     decode_tokens = 16 if args.quick else 128
-    requests = workload(8, (32, 96), (8, 32)) if args.quick else workload(64, (32, 512), (16, 256))
+    requests = workload(8, (32, 96), (8, 32)) if args.quick else workload(args.num_requests, (32, 512), (16, 256))
     load_before = os.getloadavg()
     results = {"machine": {"threads": threads, "cpu": platform.processor() or platform.machine(),
                            "torch": torch.__version__, "load_avg_before": load_before},
