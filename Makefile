@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.strata-installed
-# Debian packages the robot simulator needs for offscreen rendering (OSMesa / EGL).
-DEB_PACKAGES := libosmesa6 libegl1 libgl1 libglfw3
+# Debian packages the robot simulator needs for offscreen rendering (Mesa EGL; MUJOCO_GL=egl).
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2
 
 .PHONY: demo test lint install system-deps bench clean
 
