@@ -17,9 +17,11 @@ import sys
 import time
 
 from runtime import cluster
-from runtime.demo_stages import STAGES, StageResult
+from runtime.demo_app_stages import APP_STAGES
+from runtime.demo_stages import SMOKE_STAGES, StageResult
 
 logger = logging.getLogger("strata.demo")
+STAGES = {**SMOKE_STAGES, **APP_STAGES}
 
 
 def _print_table(results: list[StageResult]) -> None:

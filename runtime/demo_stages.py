@@ -1,11 +1,9 @@
-"""The demo's stages: each touches one part of the platform and returns a one-line result."""
+"""The demo's smoke stages: Ray Data, Ray Train and Ray Serve each touched once on the shared cluster."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -110,24 +108,7 @@ def serve_stage(*, workdir: str, gcs_address: str) -> str:
     return f"HTTP on :{port} answered {answer['doubled']}"
 
 
-def run_app(module: str, args: list[str], *, gcs_address: str, timeout_s: float = 900) -> str:
-    """Run an app module as its own driver on this cluster (as `ray job submit` would); return stdout."""
-    env = {**os.environ, "RAY_ADDRESS": gcs_address, "PYTHONUNBUFFERED": "1"}
-    completed = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    sys.stdout.write(completed.stdout[-4000:])
-    if completed.returncode != 0:
-        sys.stderr.write(completed.stderr[-4000:])
-        raise RuntimeError(f"python -m {module} exited {completed.returncode}")
-    return completed.stdout
-
-
-STAGES = {
+SMOKE_STAGES = {
     "data": data_stage,
     "train": train_stage,
     "serve": serve_stage,

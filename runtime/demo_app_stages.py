@@ -1,0 +1,120 @@
+"""Demo stages that run Strata's apps as their own drivers on the demo's cluster (no app imports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from runtime.cluster import free_port
+
+
+def run_app(module: str, args: list[str], *, gcs_address: str, timeout_s: float = 900) -> str:
+    """Run an app module as its own driver on this cluster (as `ray job submit` would); return stdout."""
+    env = {**os.environ, "RAY_ADDRESS": gcs_address, "PYTHONUNBUFFERED": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    sys.stdout.write(completed.stdout[-4000:])
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr[-4000:])
+        raise RuntimeError(f"python -m {module} exited {completed.returncode}")
+    return completed.stdout
+
+
+def lm_stage(*, workdir: str, gcs_address: str) -> str:
+    """Train a small Llama with DeepSpeed ZeRO-2 under the elastic supervisor; export it in HF format."""
+    output = os.path.join(workdir, "lm")
+    stdout = run_app(
+        "train_apps.lm_pretrain",
+        ["--output", output, "--preset", os.environ.get("STRATA_DEMO_LM_PRESET", "default"),
+         "--max-steps", os.environ.get("STRATA_DEMO_LM_STEPS", "150"), "--num-workers", "2", "--zero-stage", "2"],
+        gcs_address=gcs_address,
+    )
+    losses = [line for line in stdout.splitlines() if line.startswith("step ")]
+    last = losses[-1].split("|")[1].strip() if losses else "loss ?"
+    faults = sum(1 for line in stdout.splitlines() if "tier" in line.lower() and "fault" in line.lower())
+    return f"exported {output} ({last}; {faults} fault line(s) in the log)"
+
+
+def _http_json(url: str, body: dict | None = None, timeout_s: float = 120) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def llm_stage(*, workdir: str, gcs_address: str) -> str:
+    """Serve the trained LM with prefill and decode in separate replica groups; ask it twice over HTTP."""
+    model_dir = os.path.join(workdir, "lm")
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise RuntimeError(f"no model at {model_dir}: run the lm stage first")
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": gcs_address, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serve_apps.llm", "--model", model_dir, "--model-id", "strata-demo",
+         "--mode", "pd", "--num-prefill", "1", "--num-decode", "1", "--num-cpus-per-replica", "0.5",
+         "--min-pd-prompt-tokens", "8", "--port", str(port), "--name", "strata-demo-llm"],
+        env=env, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                models = _http_json(f"{base}/models", timeout_s=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"model API did not come up (exit code {server.poll()})") from None
+                time.sleep(2)
+        prompt = "def read_config(path):\n    \"\"\"Read the configuration file and"
+        completion = _http_json(f"{base}/completions", {
+            "model": "strata-demo", "prompt": prompt, "max_tokens": 32, "temperature": 0.0})
+        chat = _http_json(f"{base}/chat/completions", {
+            "model": "strata-demo", "messages": [{"role": "user", "content": "Write a docstring."}],
+            "max_tokens": 24, "temperature": 0.0})
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    text = completion["choices"][0]["text"]
+    print(f"completion for {prompt!r}:\n{prompt}{text}\nchat: {chat['choices'][0]['message']['content']!r}")
+    usage = completion["usage"]
+    return (f"{[m['id'] for m in models['data']]} prefill/decode split; {usage['prompt_tokens']} prompt + "
+            f"{usage['completion_tokens']} generated tokens; text {text[:40]!r}")
+
+
+def robot_stage(*, workdir: str, gcs_address: str) -> str:
+    """The closed robot loop, short: collect -> label -> train -> deploy -> evaluate in MuJoCo."""
+    run_app(
+        "data_apps.loop",
+        ["--workdir", os.path.join(workdir, "robot"), "--rounds", "1", "--quick",
+         "--num-episodes", os.environ.get("STRATA_DEMO_ROBOT_EPISODES", "20"), "--eval-episodes", "10"],
+        gcs_address=gcs_address,
+    )
+    report_path = os.path.join(workdir, "robot", "loop_report.json")
+    with open(report_path) as f:
+        report = json.load(f)
+    rounds = report["rounds"] if isinstance(report, dict) else report
+    last = rounds[-1]
+    return (f"{last['episodes_total']} episodes, label F1 {last['label_phase_f1']:.2f}, "
+            f"policy success {last['success_rate']:.0%} on unseen seeds")
+
+
+APP_STAGES = {
+    "lm": lm_stage,
+    "llm": llm_stage,
+    "robot": robot_stage,
+}
