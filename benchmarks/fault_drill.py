@@ -106,6 +106,22 @@ def ettr(history: list[tuple[float, int, float]], end_s: float) -> dict:
     return {"ettr": net_steps * step_time_s / wall_s, "net_steps": net_steps, "wall_s": wall_s, "step_time_s": step_time_s}
 
 
+def recovery(history: list, injected_s: float, at_step: int, end_s: float) -> tuple[float | None, int | None]:
+    """(MTTR, steps lost) read off rank 0's heartbeats, the same way for both runs: the first step
+    after injection that follows a silence of >= 1 s (the restarted group's first step)."""
+    previous = None
+    for t, step, _ in history:
+        if t <= injected_s:
+            previous = t
+            continue
+        if t > end_s:
+            break
+        if previous is not None and t - previous >= 1.0:
+            return t - injected_s, max(0, at_step - step + 1)
+        previous = t
+    return None, None
+
+
 def supervised_faults(result, injected: list[Injected], interval_s: float) -> list[dict]:
     rows, records = [], list(result.faults)
     order = {T0: 0, T1: 1, T2: 2, T3: 3, "T4": 4}
@@ -116,10 +132,10 @@ def supervised_faults(result, injected: list[Injected], interval_s: float) -> li
         if record is None:
             rows.append({**row, "detected": False, "tier": None})
             continue
+        mttr_s, steps_lost = recovery(result.loss_history, item.injected_s, item.at_step, item.injected_s + interval_s)
         rows.append({**row, "detected": True, "tier": record.tier, "fault_class": record.fault_class,
                      "detection_s": record.decided_s - item.injected_s,
-                     "mttr_s": 0.0 if record.tier == T0 else (record.recovered_s - item.injected_s if record.recovered_s else None),
-                     "steps_lost": 0 if record.tier == T0 else record.steps_lost})
+                     "mttr_s": 0.0 if record.tier == T0 else mttr_s, "steps_lost": 0 if record.tier == T0 else steps_lost})
     return rows
 
 
@@ -132,10 +148,10 @@ def vanilla_faults(history: list, groups: list, injected: list[Injected], interv
         if restart is None:
             rows.append({**row, "detected": False, "mttr_s": None, "steps_lost": None})
             continue
-        first = next(((t, step) for t, rank, step, _, _ in history if rank == 0 and t > restart), None)
+        rank0 = [(t, step, loss) for t, rank, step, loss, _ in history if rank == 0]
+        mttr_s, steps_lost = recovery(rank0, item.injected_s, item.at_step, end_s)
         rows.append({**row, "detected": True, "detection_s": None, "restart_s": restart - item.injected_s,
-                     "mttr_s": first[0] - item.injected_s if first else None,
-                     "steps_lost": max(0, item.at_step - first[1] + 1) if first else None})
+                     "mttr_s": mttr_s, "steps_lost": steps_lost})
     return rows
 
 

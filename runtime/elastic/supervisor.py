@@ -104,6 +104,7 @@ class ElasticSupervisor:
         self._restarting = False  # a restart was decided and the new worker group has not started yet
         self._attempt = 0  # one TorchTrainer.fit() per attempt; a resize starts a new one
         self._restarting_since = 0.0
+        self._generation_at_decision = 0
         self._records: list[FaultRecord] = []
         self._recent: dict[tuple, float] = {}  # (class, key) -> last time, to collapse duplicates
         self._last_step = -1
@@ -231,7 +232,8 @@ class ElasticSupervisor:
             if beat.rank == 0:
                 self._loss_history.append((beat.time_s, beat.step, beat.loss))
                 self._last_step = beat.step
-            if self._recovering:
+            if self._recovering and self._generation > self._generation_at_decision:
+                # only a step of the restarted worker group counts (the old group may step once more)
                 for record in self._recovering:
                     record.resumed_step, record.recovered_s = beat.step, beat.time_s
                     origin = record.observed_s if record.observed_s is not None else record.detected_s
@@ -316,6 +318,7 @@ class ElasticSupervisor:
             self._stop(f"{signal.fault_class} on node {signal.node_id} rank {signal.rank}: {record.reason}\n{signal.detail}")
             return
         self._recovering.append(record)
+        self._generation_at_decision = self._generation
         self._restarting, self._restarting_since = True, time.monotonic()
         node_id = signal.node_id or self._node_of_rank(signal.rank)
         if tier == T2 and node_id:
