@@ -122,6 +122,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = _parse_args(argv)
@@ -143,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     connect(num_cpus=max(2, args.num_workers * args.threads_per_worker))
     result = train(train_loop_config, num_workers=args.num_workers, supervised=args.supervised,
                    max_failures=args.max_failures)
+    for fault in getattr(result, "faults", []):
+        print(f"fault {fault.fault_class} (rank {fault.rank}) -> tier {fault.tier}: detected in "
+              f"{_seconds(fault.detection_latency_s)}, next step after {_seconds(fault.mttr_s)}, "
+              f"steps lost {fault.steps_lost}", flush=True)
     if getattr(result, "stopped", False):
         print(f"training stopped by the supervisor:\n{result.report}", file=sys.stderr)
     step, metadata = export_latest(train_loop_config, args.output)

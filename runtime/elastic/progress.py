@@ -96,6 +96,16 @@ def format_progress(step: int, loss: float, tokens_per_s: float, step_time_s: fl
     return f"step {step} | loss {loss:.2f} | {tok} | {per_step}"
 
 
+def _record_metrics(loss: float, step_time_s: float, group_tokens: int) -> None:
+    from runtime import metrics
+
+    metrics.gauge("strata_train_loss_nats", "training loss (cross-entropy) of the last step").set(float(loss))
+    metrics.histogram("strata_train_step_time_s", "wall time of one training step").observe(step_time_s)
+    metrics.gauge("strata_train_tokens_per_s", "tokens per second of the whole worker group").set(
+        group_tokens / max(step_time_s, 1e-9)
+    )
+
+
 def report_step(step: int, loss: float, num_tokens: int = 0, **metrics: Any) -> None:
     """Record one finished training step of this rank (non-blocking, cheap).
 
@@ -122,6 +132,7 @@ def report_step(step: int, loss: float, num_tokens: int = 0, **metrics: Any) -> 
         )
         _SINK.heartbeat.remote(beat)
     if rank == 0 and step_time_s is not None:
+        _record_metrics(loss, step_time_s, num_tokens * world_size)
         _STATE.tokens_since_print += num_tokens * world_size
         _STATE.steps_since_print += 1
         _STATE.time_since_print_s += step_time_s

@@ -221,6 +221,7 @@ class ElasticSupervisor:
             for node_id, agent in self._agents.items():
                 agent.watch_pids.remote(by_node.get(node_id, {}))
         logger.info("worker group %d: %s", self._generation, workers)
+        metrics.gauge("strata_elastic_workers_count", "training workers in the current group").set(len(workers))
 
     # -- called by workers (report_step / supervised_loop) ---------------------------------------------
     def heartbeat(self, beat: Any) -> None:
