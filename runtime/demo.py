@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if info.num_nodes < args.require_nodes:
         raise RuntimeError(f"--require-nodes {args.require_nodes}: the cluster has only {info.num_nodes} alive node(s)")
     workdir = args.workdir or _temp_workdir()
+    os.makedirs(workdir, exist_ok=True)
     results = []
     for name in selected:
         start = time.perf_counter()

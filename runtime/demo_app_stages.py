@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import ray
+
 from runtime.cluster import free_port
 
 
@@ -32,18 +34,44 @@ def run_app(module: str, args: list[str], *, gcs_address: str, timeout_s: float 
 
 
 def lm_stage(*, workdir: str, gcs_address: str) -> str:
-    """Train a small Llama with DeepSpeed ZeRO-2 under the elastic supervisor; export it in HF format."""
+    """Train a small Llama (DeepSpeed ZeRO-2, 2 workers) under the elastic supervisor, SIGKILL one of its
+    workers mid-run from this driver (as a chaos drill would), let it heal, export it in HF format."""
+    from runtime.chaos.inject import kill_worker
+    from runtime.elastic.run import find_supervisors
+
     output = os.path.join(workdir, "lm")
-    stdout = run_app(
-        "train_apps.lm_pretrain",
-        ["--output", output, "--preset", os.environ.get("STRATA_DEMO_LM_PRESET", "default"),
-         "--max-steps", os.environ.get("STRATA_DEMO_LM_STEPS", "150"), "--num-workers", "2", "--zero-stage", "2"],
-        gcs_address=gcs_address,
-    )
-    losses = [line for line in stdout.splitlines() if line.startswith("step ")]
-    last = losses[-1].split("|")[1].strip() if losses else "loss ?"
-    faults = sum(1 for line in stdout.splitlines() if "tier" in line.lower() and "fault" in line.lower())
-    return f"exported {output} ({last}; {faults} fault line(s) in the log)"
+    kill_at_step = int(os.environ.get("STRATA_DEMO_KILL_AT_STEP", "30"))
+    env = {**os.environ, "RAY_ADDRESS": gcs_address, "PYTHONUNBUFFERED": "1"}
+    log_path = os.path.join(workdir, "lm_pretrain.log")
+    with open(log_path, "w") as log:
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "train_apps.lm_pretrain", "--output", output,
+             "--preset", os.environ.get("STRATA_DEMO_LM_PRESET", "default"),
+             "--max-steps", os.environ.get("STRATA_DEMO_LM_STEPS", "120"),
+             "--checkpoint-every-steps", "10", "--num-workers", "2", "--zero-stage", "2"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        injected = None
+        while trainer.poll() is None:
+            time.sleep(1.0)
+            if injected is not None:
+                continue
+            for supervisor in find_supervisors("lm_pretrain"):
+                status = ray.get(supervisor.status.remote())
+                if (status.get("step") or 0) >= kill_at_step:
+                    kill_worker(supervisor, rank=1)
+                    injected = status["step"]
+                    print(f"chaos: SIGKILL of rank 1 at step {injected}", flush=True)
+    with open(log_path) as f:
+        output_text = f.read()
+    if trainer.returncode != 0:
+        sys.stdout.write(output_text[-4000:])
+        raise RuntimeError(f"python -m train_apps.lm_pretrain exited {trainer.returncode} (log {log_path})")
+    decisions = [line for line in output_text.splitlines() if line.startswith("fault ")]
+    exported = [line for line in output_text.splitlines() if line.startswith("exported step")]
+    print("\n".join(decisions + exported))
+    healed = f"killed rank 1 at step {injected}; " + ("; ".join(decisions) or "no decision logged")
+    return f"{exported[-1] if exported else 'no export line'} | {healed}"
 
 
 def _http_json(url: str, body: dict | None = None, timeout_s: float = 120) -> dict:
