@@ -136,7 +136,7 @@ class ModelRunner:
             mask = None
             if context_lens[0] != kv_len:
                 lens = torch.tensor(context_lens, device=device)
-                mask = (torch.arange(kv_len, device=device)[None, :] >= lens[:, None])[:, None, None, :]
+                mask = (torch.arange(kv_len, device=device)[None, :] >= lens[:, None])[None, :, None, :]
             meta.decode_groups.append(DecodeGroup(
                 start=start, end=start + len(group), kv_len=kv_len, mask=mask,
                 block_tables=torch.tensor(tables, dtype=torch.long, device=device)))

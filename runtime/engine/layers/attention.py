@@ -31,7 +31,7 @@ class DecodeGroup:
     end: int
     block_tables: torch.Tensor  # [D, max_blocks]
     kv_len: int  # the longest context in the group
-    mask: torch.Tensor | None = None  # [D, 1, 1, kv_len] True on padding; None if lengths are equal
+    mask: torch.Tensor | None = None  # [1, D, 1, kv_len] True on padding; None if lengths are equal
 
 
 @dataclass(slots=True)
@@ -86,8 +86,9 @@ class PagedKVCache:
             kv[1].index_copy_(1, slots, v.transpose(0, 1))
 
     def gather(self, layer: int, block_tables: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of the sequences in `block_tables` [B, nb]: each [B, kv_heads, kv_len, head_dim]."""
-        batch, num_table_blocks = block_tables.shape
+        """K and V of the sequences in `block_tables` [B, nb]: each [kv_heads, B, kv_len, head_dim], one
+        copy (the block gather) whose [kv_len, head_dim] slabs matmul reads in place."""
+        batch = block_tables.shape[0]
         flat = block_tables.reshape(-1)
         blocks = self.data[layer].view(2, self.num_kv_heads, self.num_blocks, self.block_size * self.head_dim)
         picked = blocks.index_select(2, flat).view(2, self.num_kv_heads, batch, -1, self.head_dim)
@@ -97,7 +98,6 @@ class PagedKVCache:
             picked = picked[:, :, :, :kv_len].to(self.dtype) * s[:, :, :, :kv_len]
         else:
             picked = picked[:, :, :, :kv_len]
-        picked = picked.permute(0, 2, 1, 3, 4)
         return picked[0], picked[1]
 
     def read_tokens(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +106,8 @@ class PagedKVCache:
         ks, vs = [], []
         for layer in range(self.num_layers):
             k, v = self.gather(layer, table[None, :], num_tokens)
-            ks.append(k[0].transpose(0, 1))
-            vs.append(v[0].transpose(0, 1))
+            ks.append(k[:, 0].transpose(0, 1))
+            vs.append(v[:, 0].transpose(0, 1))
         return torch.stack(ks), torch.stack(vs)
 
     def write_tokens(self, block_table: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
@@ -128,11 +128,11 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
     num_kv_heads = k.shape[1]
     cache.write(layer, meta.slot_mapping, k, v)
     if len(meta.decode_groups) == 1 and not meta.prefills:
-        return _decode_attention(q, cache, layer, meta.decode_groups[0], scale).view(num_tokens, -1)
+        return _decode_attention(q, cache, layer, meta.decode_groups[0], scale).reshape(num_tokens, -1)
     out = torch.empty(num_tokens, num_heads * head_dim, dtype=q.dtype, device=q.device)
     for group in meta.decode_groups:
         attn = _decode_attention(q[group.start:group.end], cache, layer, group, scale)
-        out[group.start:group.end] = attn.view(group.end - group.start, -1)
+        out[group.start:group.end] = attn.reshape(group.end - group.start, -1)
     for chunk in meta.prefills:
         n = chunk.end - chunk.start
         qc = q[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
@@ -143,7 +143,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
                                                enable_gqa=num_kv_heads != num_heads)
         else:
             kc, vc = cache.gather(layer, chunk.block_table[None, :], chunk.num_cached + n)
-            o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=chunk.mask, scale=scale,
+            o = F.scaled_dot_product_attention(qc, kc.transpose(0, 1), vc.transpose(0, 1), attn_mask=chunk.mask, scale=scale,
                                                enable_gqa=num_kv_heads != num_heads)
         out[chunk.start:chunk.end] = o[0].transpose(0, 1).reshape(n, -1)
     return out
@@ -154,11 +154,12 @@ def _decode_attention(q: torch.Tensor, cache: PagedKVCache, layer: int, group: D
     """Plain matmul-softmax-matmul: for one query per sequence it beats the SDPA kernels on CPU,
     whose per-call setup costs more than this whole computation."""
     num_decodes, num_heads, head_dim = q.shape
-    k, v = cache.gather(layer, group.block_tables, group.kv_len)  # [D, kv_heads, L, d]
+    k, v = cache.gather(layer, group.block_tables, group.kv_len)  # [kv_heads, D, L, d]
     groups = num_heads // cache.num_kv_heads
-    qg = q.view(num_decodes, cache.num_kv_heads, groups, head_dim)  # one query row per grouped head
+    # [kv_heads, D, groups, d]: query heads grouped under their KV head (GQA without repeating K/V)
+    qg = q.view(num_decodes, cache.num_kv_heads, groups, head_dim).transpose(0, 1)
     scores = torch.matmul(qg, k.transpose(-1, -2))
     if group.mask is not None:
         scores.masked_fill_(group.mask, float("-inf"))
     probs = torch.softmax(scores.mul_(scale), dim=-1, dtype=torch.float32).to(v.dtype)
-    return torch.matmul(probs, v)
+    return torch.matmul(probs, v).transpose(0, 1)  # [D, kv_heads, groups, d]
