@@ -9,24 +9,10 @@ cluster is shut down (a driver connects to one cluster at a time) and `ray_local
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import ray
-
-LOCAL_NUM_CPUS = 4
-LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
-
-# Multi-node layout. Custom resources stand in for GPUs ("fake_gpu") and node roles ("role_*");
-# labels carry the same roles for label selectors.
-MULTINODE_HEAD = {"num_cpus": 1, "resources": {"role_head": 1}, "labels": {"strata.io/role": "head"}}
-MULTINODE_WORKERS = [
-    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
-    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
-    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_spare": 1}, "labels": {"strata.io/role": "spare"}},
-]
-
-_state = {"local_started_here": False}
+from helpers.ray_clusters import MULTINODE_HEAD, MULTINODE_WORKERS, forget_serve_client, start_local_ray
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,24 +30,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-def _start_local_ray() -> None:
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(
-        address="local",  # never join another session's `ray start` cluster found in /tmp/ray
-        num_cpus=LOCAL_NUM_CPUS,
-        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-        include_dashboard=False,
-        log_to_driver=True,
-        namespace="strata-tests",
-    )
-    _state["local_started_here"] = True
-
-
 @pytest.fixture
 def ray_local():
     """The session's single-node Ray cluster (started on first use); yields ray's runtime context."""
-    if not ray.is_initialized():
-        _start_local_ray()
+    start_local_ray()
     yield ray.get_runtime_context()
 
 
@@ -76,6 +48,7 @@ def multinode_cluster():
 
     if ray.is_initialized():
         ray.shutdown()
+    forget_serve_client()
     os.environ.pop("RAY_ADDRESS", None)
     cluster = Cluster(
         initialize_head=True,
@@ -87,6 +60,7 @@ def multinode_cluster():
     cluster.wait_for_nodes()
     yield cluster
     ray.shutdown()
+    forget_serve_client()
     cluster.shutdown()
 
 
@@ -94,6 +68,3 @@ def pytest_sessionfinish(session, exitstatus):
     if ray.is_initialized():
         ray.shutdown()
 
-
-# Test helpers live in tests/fakes and tests/helpers; make them importable as top-level modules.
-sys.path.insert(0, os.path.dirname(__file__))

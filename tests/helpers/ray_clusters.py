@@ -1,0 +1,46 @@
+"""The test suite's Ray clusters: the shared local one and the multi-node layout (used by conftest).
+
+Import from here (`from helpers.ray_clusters import ...`), never from `conftest`: pytest has one
+conftest module per test folder, and a bare `import conftest` picks whichever is first on sys.path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+LOCAL_NUM_CPUS = 4
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
+
+# Multi-node layout. Custom resources stand in for GPUs ("fake_gpu") and node roles ("role_*");
+# labels carry the same roles for label selectors.
+MULTINODE_HEAD = {"num_cpus": 1, "resources": {"role_head": 1}, "labels": {"strata.io/role": "head"}}
+MULTINODE_WORKERS = [
+    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
+    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
+    {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_spare": 1}, "labels": {"strata.io/role": "spare"}},
+]
+
+
+def forget_serve_client() -> None:
+    """Serve caches its controller client per process; after switching clusters that handle is stale."""
+    from ray.serve import context
+
+    context._set_global_client(None)
+
+
+def start_local_ray() -> None:
+    """Start the session's single-node cluster in this process (no-op when Ray is already up)."""
+    if ray.is_initialized():
+        return
+    forget_serve_client()
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(
+        address="local",  # never join a cluster someone else left running on this machine
+        num_cpus=LOCAL_NUM_CPUS,
+        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        log_to_driver=True,
+        namespace="strata-tests",
+    )
