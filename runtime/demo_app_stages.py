@@ -129,7 +129,7 @@ def robot_stage(*, workdir: str, gcs_address: str) -> str:
     run_app(
         "data_apps.loop",
         ["--workdir", os.path.join(workdir, "robot"), "--rounds", "1", "--quick",
-         "--num-episodes", os.environ.get("STRATA_DEMO_ROBOT_EPISODES", "20"), "--eval-episodes", "10"],
+         "--num-episodes", os.environ.get("STRATA_DEMO_ROBOT_EPISODES", "30"), "--eval-episodes", "10"],
         gcs_address=gcs_address,
     )
     report_path = os.path.join(workdir, "robot", "loop_report.json")
