@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="", help="where stages write artifacts (default: a temp dir)")
     # Logical CPUs: more than the cores of a laptop on purpose, since Ray Train's workers and the Ray
     # Data reads inside them each hold one, and the stages' actors are light.
-    parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of an embedded cluster")
+    parser.add_argument("--num-cpus", type=int, default=6, help="logical CPUs of an embedded cluster")
     parser.add_argument("--require-nodes", type=int, default=1, help="fail unless the cluster has this many nodes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

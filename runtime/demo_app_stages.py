@@ -117,6 +117,12 @@ def llm_stage(*, workdir: str, gcs_address: str) -> str:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+        # Serve's replicas are detached: make sure the app is gone even if the server died before its
+        # own clean-up, so later stages get their CPUs back.
+        from ray import serve
+
+        if "strata-demo-llm" in serve.status().applications:
+            serve.delete("strata-demo-llm")
     text = completion["choices"][0]["text"]
     print(f"completion for {prompt!r}:\n{prompt}{text}\nchat: {chat['choices'][0]['message']['content']!r}")
     usage = completion["usage"]
