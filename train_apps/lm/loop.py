@@ -159,6 +159,9 @@ def train_loop_per_worker(config: dict) -> dict:
     loss_value = float("nan")
     loss_history: list[list] = []  # [step, global mean loss] of this worker group's steps
     step = start_step
+    # compute_s: this rank's own work from the end of the last step's collectives to the first
+    # collective of this step (data, forward, loss) - what the supervisor compares to find stragglers.
+    local_since_s = time.perf_counter()
     for step in range(start_step + 1, cfg.max_steps + 1):
         for group in engine.optimizer.param_groups:
             group["lr"] = cfg.lr_at(step - 1)
@@ -166,11 +169,13 @@ def train_loop_per_worker(config: dict) -> dict:
         inputs, labels = batch[:, :-1], batch[:, 1:]
         logits = engine(inputs)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        compute_s = time.perf_counter() - local_since_s
         engine.backward(loss)
         engine.step()
         loss_value = _global_mean(loss.detach(), world_size)
+        local_since_s = time.perf_counter()
         loss_history.append([step, loss_value])
-        report_step(step, loss_value, num_tokens=inputs.numel(), lr=cfg.lr_at(step - 1))
+        report_step(step, loss_value, num_tokens=inputs.numel(), lr=cfg.lr_at(step - 1), compute_s=compute_s)
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
             # The only part training waits for: consolidating the ZeRO partitions and a CPU snapshot.
             started = time.monotonic()
