@@ -102,6 +102,9 @@ class ElasticSupervisor:
         self._generation = 0
         self._recovering: list[FaultRecord] = []  # decisions waiting for the next completed step
         self._restarting = False  # a restart was decided and the new worker group has not started yet
+        # pids of worker groups the supervisor itself retired (restart, resize): their deaths and errors,
+        # however late an agent reports them, are the enactment of a decision, not new faults.
+        self._retired_pids: set[int] = set()
         self._attempt = 0  # one TorchTrainer.fit() per attempt; a resize starts a new one
         self._restarting_since = 0.0
         self._generation_at_decision = 0
@@ -210,6 +213,7 @@ class ElasticSupervisor:
         with self._lock:
             if attempt is not None and attempt != self._attempt:
                 return  # a worker group of an attempt being aborted (resize)
+            self._retired_pids.update(w["pid"] for w in self._workers)
             self._workers = workers
             self._restarting = False
             self._generation += 1
@@ -287,6 +291,8 @@ class ElasticSupervisor:
                 self._restarting = False  # the restart never came (nothing was killed); listen again
             if (self._restarting or self._resize_to is not None) and signal.fault_class in _RESTART_NOISE:
                 return  # the group is being restarted or resized; its workers die, error in collectives, stop
+            if signal.fault_class in _RESTART_NOISE and signal.pid is not None and signal.pid in self._retired_pids:
+                return  # a worker of a group this supervisor already replaced
             if signal.fault_class == FaultClass.PROCESS_DEATH and signal.pid not in {w["pid"] for w in self._workers}:
                 return
             dedup_key = (_SAME_INCIDENT.get(signal.fault_class, signal.fault_class), signal.key())
@@ -353,6 +359,7 @@ class ElasticSupervisor:
             return
         logger.warning("resizing worker group %d -> %d (%s)", self._group_size, size, why)
         self._resize_to = size
+        self._retired_pids.update(w["pid"] for w in self._workers)
         if self._controller is not None:
             self._controller.abort.remote()
 
