@@ -18,10 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from runtime.robot.pointcloud import sampling_kernels
 from runtime.robot.pointcloud.cloud import morton_order
 
 _BUCKETED_MIN_POINTS = 16384
 _BUCKET_SIZE = 128
+_COMPILED_BUCKET_SIZE = 64
 
 
 def _check(num_points: int, num_samples: int, start_index: int) -> None:
@@ -107,12 +109,24 @@ def _fps_bucketed(xyz: np.ndarray, num_samples: int, start_index: int) -> np.nda
     return order[picked]
 
 
+def _fps_compiled(xyz: np.ndarray, num_samples: int, start_index: int) -> np.ndarray:
+    num_points = len(xyz)
+    coords = np.ascontiguousarray(xyz.T)
+    order = morton_order(coords) if num_points > _COMPILED_BUCKET_SIZE else np.arange(num_points)
+    x, y, z = (np.ascontiguousarray(axis[order]) for axis in coords)
+    starts = np.append(np.arange(0, num_points, _COMPILED_BUCKET_SIZE, dtype=np.int64), num_points)
+    start_position = int(np.flatnonzero(order == start_index)[0])
+    return sampling_kernels.fps_buckets(x, y, z, order.astype(np.int64), starts, num_samples, start_position)
+
+
 def farthest_point_sample(points: np.ndarray, num_samples: int, *, start_index: int = 0) -> np.ndarray:
     """Indices (num_samples,) int64 of the FPS picks from an (N, C>=3) cloud, starting at start_index."""
     _check(len(points), num_samples, start_index)
     if len(points) == 0:
         return np.empty(0, dtype=np.int64)
     xyz = np.ascontiguousarray(points[:, :3], dtype=np.float32)
+    if sampling_kernels.AVAILABLE:
+        return _fps_compiled(xyz, num_samples, start_index)
     if len(xyz) >= _BUCKETED_MIN_POINTS and num_samples < len(xyz):
         return _fps_bucketed(xyz, num_samples, start_index)
     return _fps_dense(xyz, num_samples, start_index)
@@ -130,10 +144,11 @@ def farthest_point_sample_batch(
     for size in sizes:
         _check(size, num_samples, start_index)
     result = [np.empty(0, dtype=np.int64) for _ in clouds]
+    big = 1 if sampling_kernels.AVAILABLE else _BUCKETED_MIN_POINTS  # compiled: every cloud on its own
     for row, size in enumerate(sizes):  # big clouds: the bucketed single-cloud path is faster
-        if size >= _BUCKETED_MIN_POINTS:
+        if size >= big:
             result[row] = farthest_point_sample(clouds[row], num_samples, start_index=start_index)
-    live = [row for row, size in enumerate(sizes) if 0 < size < _BUCKETED_MIN_POINTS]
+    live = [row for row, size in enumerate(sizes) if 0 < size < big]
     if not live or num_samples == 0:
         return result
     width = max(sizes[row] for row in live)

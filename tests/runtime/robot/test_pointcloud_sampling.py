@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.robot.pointcloud import sampling
+from runtime.robot.pointcloud import sampling, sampling_kernels
 from runtime.robot.pointcloud.sampling import farthest_point_sample, farthest_point_sample_batch
 
 
@@ -42,8 +42,8 @@ def test_bucketed_fps_matches_dense(monkeypatch):
     points = np.c_[surface, 0.1 * np.sin(6 * surface[:, :1])].astype(np.float32)
     dense = sampling._fps_dense(points, 300, 5)
     np.testing.assert_array_equal(dense[:30], naive_fps(points[:, :3], 30, 5))
-    monkeypatch.setattr(sampling, "_BUCKETED_MIN_POINTS", 1000)
     monkeypatch.setattr(sampling, "_BUCKET_SIZE", 64)
+    np.testing.assert_array_equal(sampling._fps_bucketed(points, 300, 5), dense)
     np.testing.assert_array_equal(farthest_point_sample(points, 300, start_index=5), dense)
 
 
@@ -55,11 +55,13 @@ def test_bucketed_fps_on_uneven_bucket_count():
     )
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("bucketed_min_points", [16384, 200])
-def test_batched_fps_matches_per_cloud(monkeypatch, bucketed_min_points):
+def test_batched_fps_matches_per_cloud(monkeypatch, bucketed_min_points, compiled):
     monkeypatch.setattr(
         sampling, "_BUCKETED_MIN_POINTS", bucketed_min_points
     )  # 200: the 300 cloud goes alone
+    monkeypatch.setattr(sampling_kernels, "AVAILABLE", compiled and sampling_kernels.AVAILABLE)
     rng = np.random.default_rng(3)
     clouds = [rng.normal(size=(n, 3)).astype(np.float32) for n in (50, 0, 300, 7)]
     picks = farthest_point_sample_batch(clouds, 32, start_index=0)
@@ -95,3 +97,25 @@ def test_fps_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_samples"):
         farthest_point_sample(points, -1)
     assert farthest_point_sample(np.zeros((0, 3), np.float32), 3).shape == (0,)
+
+
+@pytest.mark.skipif(not sampling_kernels.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("bucket_size", [1, 7, 64])
+def test_compiled_fps_matches_naive_and_numpy_paths(monkeypatch, bucket_size):
+    """The numba bucketed kernel picks exactly what the naive loop and the numpy paths pick."""
+    monkeypatch.setattr(sampling, "_COMPILED_BUCKET_SIZE", bucket_size)
+    rng = np.random.default_rng(5)
+    small = rng.normal(size=(500, 3)).astype(np.float32)
+    np.testing.assert_array_equal(farthest_point_sample(small, 60, start_index=9), naive_fps(small, 60, 9))
+    large = rng.random((40_000, 3), dtype=np.float32)
+    np.testing.assert_array_equal(
+        farthest_point_sample(large, 256, start_index=123), sampling._fps_dense(large, 256, 123)
+    )
+
+
+@pytest.mark.skipif(not sampling_kernels.AVAILABLE, reason="numba not installed")
+def test_compiled_fps_breaks_ties_to_the_lowest_index():
+    """Duplicated points and a lattice (many equal distances) still give the naive loop's picks."""
+    grid = np.stack(np.meshgrid(*[np.arange(6, dtype=np.float32)] * 3), -1).reshape(-1, 3)
+    points = np.concatenate([grid, grid[::-1]])  # every point twice
+    np.testing.assert_array_equal(farthest_point_sample(points, 40, start_index=3), naive_fps(points, 40, 3))
