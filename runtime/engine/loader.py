@@ -96,4 +96,5 @@ def load_model(model_dir: str, *, dtype: torch.dtype, device: torch.device, max_
                                      f"expected {tuple(target.shape)} from config.json")
                 target.copy_(tensor)
     model.quantize(quantization)
+    model.pack_weights()
     return model, hf_config, fingerprint(model_dir, files)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.engine.layers.attention import AttentionMetadata, PagedKVCache, paged_attention
-from runtime.engine.layers.linear import DenseLinear, quantize_linear
+from runtime.engine.layers.linear import DenseLinear, pack_linear, quantize_linear
 from runtime.engine.layers.rotary import RotaryEmbedding
 
 
@@ -137,6 +137,12 @@ class DecoderModel:
         """Quantize every linear weight (the lm_head too; the embedding table stays dense)."""
         for owner, name in self.linear_layers():
             setattr(owner, name, quantize_linear(getattr(owner, name), method))
+
+    def pack_weights(self) -> None:
+        """Reorder dense CPU weights for oneDNN (see PackedLinear); call once all weights are loaded.
+        A tied lm_head gets its own packed copy; the embedding table stays dense for lookups."""
+        for owner, name in self.linear_layers():
+            setattr(owner, name, pack_linear(getattr(owner, name)))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 cache: PagedKVCache, logits_rows: torch.Tensor | None) -> torch.Tensor:
