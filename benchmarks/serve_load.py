@@ -1,6 +1,6 @@
 """Open-loop load on the Model API: colocated vs prefill/decode disaggregated, same machine, one run.
 
-    python -m benchmarks.serve_load [--quick] [--model DIR] [--rates 1,2,4] [--duration-s 30]
+    python -m benchmarks.serve_load [--quick] [--model DIR | --model-size small|medium] [--rates 0.5,1,2] [--duration-s 40]
     ray job submit --working-dir . -- python -m benchmarks.serve_load --quick
 
 Poisson arrivals with mixed prompt/output lengths are sent over real HTTP (streaming SSE) to each
@@ -107,14 +107,23 @@ def summarize(records: list[dict[str, Any]], *, ttft_slo_s: float, tpot_slo_s: f
     }
 
 
-def _build_model(workdir: str, max_model_len: int) -> str:
+# Random-weight Llamas, wider than the unit-test model so that a 1k-token prefill costs real compute,
+# as on real models. "medium" (~30M parameters) makes a 1k prefill cost ~50 decode steps, the regime
+# where a colocated engine's token stream visibly stalls behind incoming prefills.
+MODEL_SIZES = {
+    "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 8,
+              "num_key_value_heads": 4},
+    "medium": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 8,
+               "num_key_value_heads": 4},
+}
+
+
+def _build_model(workdir: str, max_model_len: int, size: str = "medium") -> str:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from fakes.engine_models import build_tiny_model
 
-    # Wider than the unit-test model so that a 1k-token prefill costs real compute, as on real models.
     return build_tiny_model(
-        os.path.join(workdir, "bench-small"), max_position_embeddings=max_model_len, hidden_size=256,
-        intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+        os.path.join(workdir, f"bench-{size}"), max_position_embeddings=max_model_len, **MODEL_SIZES[size]
     )
 
 
@@ -148,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (CI smoke): 2 rates, 15 s each")
     parser.add_argument("--model", default=None, help="model dir (default: build a tiny random Llama)")
-    parser.add_argument("--rates", default="1,2,4")
+    parser.add_argument("--model-size", choices=sorted(MODEL_SIZES), default="medium",
+                        help="size of the random Llama built when --model is not given")
+    parser.add_argument("--rates", default="0.5,1,2")
     parser.add_argument("--duration-s", type=float, default=40.0)
     parser.add_argument("--ttft-slo-s", type=float, default=2.0)
     parser.add_argument("--tpot-slo-s", type=float, default=0.2)
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "serve_load.json"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.rates, args.duration_s = "1,3", 15.0
+        args.rates, args.duration_s, args.model_size = "1,3", 15.0, "small"
     # Same hardware: as many colocated engines as prefill + decode engines together.
     args.num_colocated = args.num_colocated or args.num_prefill + args.num_decode
 
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     connect(num_cpus=4, include_dashboard=False)
     workdir = tempfile.mkdtemp(prefix="serve-load-")
-    model_dir = args.model or _build_model(workdir, args.max_model_len)
+    model_dir = args.model or _build_model(workdir, args.max_model_len, args.model_size)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base_url = f"http://127.0.0.1:{port}"
