@@ -100,6 +100,20 @@ class PagedKVCache:
             picked = picked[:, :, :, :kv_len]
         return picked[0], picked[1]
 
+    def gather_all_layers(self, block_table: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """Every layer's K and V of one sequence in one copy: [layers, 2, kv_heads, >= kv_len, head_dim]
+        (the batch-1 decode step gathers once per step instead of once per layer)."""
+        if self.int8:
+            raise ValueError("gather_all_layers reads a dense cache; this one is int8")
+        rows = self.num_layers * 2 * self.num_kv_heads
+        blocks = self.data.view(rows, self.num_blocks, self.block_size * self.head_dim)
+        picked = blocks.index_select(1, block_table[:-(-kv_len // self.block_size)])
+        return picked.view(self.num_layers, 2, self.num_kv_heads, -1, self.head_dim)
+
+    def write_slot_all_layers(self, slot: torch.Tensor, kv: torch.Tensor) -> None:
+        """Store one token's K/V of every layer ([layers, 2, kv_heads, head_dim]) at `slot` ([1])."""
+        self.data.index_copy_(3, slot, kv.unsqueeze(3))
+
     def read_tokens(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All layers' K and V of one sequence's first `num_tokens`: [layers, tokens, kv_heads, head_dim]."""
         table = torch.tensor(block_table, dtype=torch.long, device=self.data.device)

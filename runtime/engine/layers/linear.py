@@ -48,6 +48,14 @@ class PackedLinear:
         return self.weight.numel() * self.weight.element_size()
 
 
+def linear_add(layer, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + layer(x); a packed layer adds inside its kernel (one op, not two). May reuse
+    `residual`'s storage."""
+    if type(layer) is PackedLinear:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+    return residual.add_(layer(x))
+
+
 def can_pack(weight: torch.Tensor) -> bool:
     """oneDNN packing applies to CPU fp32, and to bf16 where the CPU has native bf16 support."""
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():

@@ -49,10 +49,20 @@ class RotaryEmbedding:
         self.cos = torch.cat([cos, cos], dim=-1).to(dtype=dtype, device=device)
         self.sin_signed = torch.cat([-sin, sin], dim=-1).to(dtype=dtype, device=device)
         self.half = half
+        # roll(x, half) as a matrix: x @ roll_matrix == x.roll(half, dims=-1)
+        index = torch.arange(head_dim, device=device)
+        self.roll_matrix = torch.zeros(head_dim, head_dim, dtype=dtype, device=device)
+        self.roll_matrix[(index - half) % head_dim, index] = 1
 
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for each token, shaped [T, 1, head_dim] to broadcast over heads."""
         return self.cos[positions].unsqueeze(1), self.sin_signed[positions].unsqueeze(1)
+
+    def matrix(self, position: int) -> torch.Tensor:
+        """The rotation at one position as a [head_dim, head_dim] matrix R: `x @ R == apply(x, ...)`
+        (each output sums two products plus exact zeros). One mm per layer instead of three ops
+        (one a composite roll) is what the batch-1 decode step wants."""
+        return torch.diag(self.cos[position]).addcmul_(self.roll_matrix, self.sin_signed[position])
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(x * cos, x.roll(self.half, dims=-1), sin_signed)

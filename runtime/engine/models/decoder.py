@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from runtime.engine.layers.attention import AttentionMetadata, PagedKVCache, paged_attention
-from runtime.engine.layers.linear import DenseLinear, pack_linear, quantize_linear
+from runtime.engine.layers.attention import AttentionMetadata, DecodeGroup, PagedKVCache, paged_attention
+from runtime.engine.layers.linear import DenseLinear, linear_add, pack_linear, quantize_linear
 from runtime.engine.layers.rotary import RotaryEmbedding
 
 
@@ -98,6 +98,7 @@ class DecoderModel:
         self.lm_head = DenseLinear(self.embed if a.tie_word_embeddings else empty(a.vocab_size, a.hidden_size))
         self.rotary = RotaryEmbedding(a.head_dim, max_position, a.rope_theta, a.rope_scaling, dtype, device)
         self.scale = a.head_dim ** -0.5
+        self.single_decode_fast_path = True  # tests compare it against the general path
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """HF tensor name -> the (view of the) tensor it loads into."""
@@ -153,6 +154,9 @@ class DecoderModel:
         num_qk_heads = a.num_heads + a.num_kv_heads
         inter = a.intermediate_size
         rotary = self.rotary
+        group = meta.decode_groups[0] if meta.decode_groups else None
+        if num_tokens == 1 and group is not None and group.end == 1 and not cache.int8 and self.single_decode_fast_path:
+            return self._forward_single_decode(input_ids, group, meta.slot_mapping, cache)
         h = F.embedding(input_ids, self.embed)
         cos, sin = rotary.lookup(positions)
         for index, layer in enumerate(self.layers):
@@ -165,12 +169,54 @@ class DecoderModel:
                                 F.rms_norm(qk[:, a.num_heads:], (a.head_dim,), layer.k_norm, eps)], dim=1)
             qk = rotary.apply(qk, cos, sin)
             attn = paged_attention(qk[:, :a.num_heads], qk[:, a.num_heads:], v, cache, index, meta, self.scale)
-            h.add_(layer.o(attn))
+            h = linear_add(layer.o, attn, h)
             x = F.rms_norm(h, hidden_shape, layer.post_norm, eps)
             gate_up = layer.gate_up(x)
             gate = F.silu(gate_up[:, :inter])
-            h.add_(layer.down(gate.mul_(gate_up[:, inter:])))
+            h = linear_add(layer.down, gate.mul_(gate_up[:, inter:]), h)
         if logits_rows is not None:
             h = h.index_select(0, logits_rows)
+        h = F.rms_norm(h, hidden_shape, self.norm, eps)
+        return self.lm_head(h).float()
+
+    def _forward_single_decode(self, input_ids: torch.Tensor, group: DecodeGroup, slot_mapping: torch.Tensor,
+                               cache: PagedKVCache) -> torch.Tensor:
+        """One sequence, one new token (the batch-1 decode step), with about half the ops per layer of
+        `forward`: K/V of all layers gathered once per step (the new token is written into that copy,
+        and into the cache once at the end), rotary as one mm, attention as two bmm on [kv_heads, ...]
+        views. Same math as `forward`."""
+        a = self.args
+        hidden_shape = (a.hidden_size,)
+        eps = a.rms_norm_eps
+        num_heads, num_kv_heads, head_dim = a.num_heads, a.num_kv_heads, a.head_dim
+        groups = num_heads // num_kv_heads
+        qk_size = self.q_size + self.kv_size
+        inter = a.intermediate_size
+        pos = group.kv_len - 1
+        kv = cache.gather_all_layers(group.block_tables[0], group.kv_len)
+        new_kv = kv[:, :, :, pos]  # [layers, 2, kv_heads, head_dim]: the slot of this token
+        kv = kv[:, :, :, :group.kv_len]
+        rotation = self.rotary.matrix(pos)
+        h = F.embedding(input_ids, self.embed)
+        for index, layer in enumerate(self.layers):
+            x = F.rms_norm(h, hidden_shape, layer.input_norm, eps)
+            qkv = layer.qkv(x)
+            qk = qkv[0, :qk_size].view(num_heads + num_kv_heads, head_dim)
+            if layer.q_norm is not None:
+                qk = torch.cat([F.rms_norm(qk[:num_heads], (head_dim,), layer.q_norm, eps),
+                                F.rms_norm(qk[num_heads:], (head_dim,), layer.k_norm, eps)])
+            qk = torch.mm(qk, rotation)
+            new_kv[index, 0].copy_(qk[num_heads:])
+            new_kv[index, 1].copy_(qkv[0, qk_size:].view(num_kv_heads, head_dim))
+            k, v = kv[index]
+            scores = torch.bmm(qk[:num_heads].view(num_kv_heads, groups, head_dim), k.transpose(1, 2))
+            probs = torch.softmax(scores.mul_(self.scale), dim=-1, dtype=torch.float32)
+            attn = torch.bmm(probs.to(v.dtype), v).view(1, self.q_size)
+            h = linear_add(layer.o, attn, h)
+            x = F.rms_norm(h, hidden_shape, layer.post_norm, eps)
+            gate_up = layer.gate_up(x)
+            gate = F.silu(gate_up[:, :inter])
+            h = linear_add(layer.down, gate.mul_(gate_up[:, inter:]), h)
+        cache.write_slot_all_layers(slot_mapping, new_kv)
         h = F.rms_norm(h, hidden_shape, self.norm, eps)
         return self.lm_head(h).float()
