@@ -210,8 +210,11 @@ class DecoderModel:
             new_kv[index, 1].copy_(qkv[0, qk_size:].view(num_kv_heads, head_dim))
             k, v = kv[index]
             scores = torch.bmm(qk[:num_heads].view(num_kv_heads, groups, head_dim), k.transpose(1, 2))
-            probs = torch.softmax(scores.mul_(self.scale), dim=-1, dtype=torch.float32)
-            attn = torch.bmm(probs.to(v.dtype), v).view(1, self.q_size)
+            if scores.dtype == torch.float32:
+                probs = torch.softmax(scores.mul_(self.scale), dim=-1)
+            else:  # bf16/fp16: softmax in fp32 as in `forward`
+                probs = torch.softmax(scores.mul_(self.scale), dim=-1, dtype=torch.float32).to(v.dtype)
+            attn = torch.bmm(probs, v).view(1, self.q_size)
             h = linear_add(layer.o, attn, h)
             x = F.rms_norm(h, hidden_shape, layer.post_norm, eps)
             gate_up = layer.gate_up(x)
