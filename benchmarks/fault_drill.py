@@ -107,19 +107,25 @@ def ettr(history: list[tuple[float, int, float]], end_s: float) -> dict:
 
 
 def recovery(history: list, injected_s: float, at_step: int, end_s: float) -> tuple[float | None, int | None]:
-    """(MTTR, steps lost) read off rank 0's heartbeats, the same way for both runs: the first step
-    after injection that follows a silence of >= 1 s (the restarted group's first step)."""
-    previous = None
+    """(MTTR, steps lost) read off rank 0's heartbeats, the same way for both runs: the first step after
+    injection that follows an outage (a silence of >= 3 step times, at least 0.3 s); when there was
+    no outage at all (in-place recovery can be that fast), the first step after injection."""
+    intervals = [b[0] - a[0] for a, b in zip(history, history[1:]) if b[1] == a[1] + 1]
+    outage_s = max(0.3, 3 * statistics.median(intervals)) if intervals else 1.0
+    previous, first_after = None, None
     for t, step, _ in history:
         if t <= injected_s:
             previous = t
             continue
         if t > end_s:
             break
-        if previous is not None and t - previous >= 1.0:
+        first_after = first_after or (t, step)
+        if previous is not None and t - previous >= outage_s:
             return t - injected_s, max(0, at_step - step + 1)
         previous = t
-    return None, None
+    if first_after is None:
+        return None, None
+    return first_after[0] - injected_s, max(0, at_step - first_after[1] + 1)
 
 
 def supervised_faults(result, injected: list[Injected], interval_s: float) -> list[dict]:
@@ -165,7 +171,7 @@ def run_mode(mode: str, args, workdir: str) -> dict:
         config = ElasticConfig(min_workers=1, max_workers=NUM_WORKERS, resources_per_worker=RESOURCES_PER_WORKER,
                                checkpoint_dir=checkpoint_dir, gpu_resource="fake_gpu", nvml_backend="fake",
                                max_restarts=len(fault_schedule(cluster, None, "", None)) * 3, hang_timeout_min_s=2.0,
-                               spread=True)
+                               spread=True, in_place_recovery=not args.no_in_place)
         handle = start_supervisor(toy_train_loop, loop_config, config)
         run = handle.run.remote()
         add_agent = lambda node_id: None  # noqa: E731 - the supervisor starts agents on new nodes itself
@@ -205,7 +211,8 @@ def plot(runs: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.4 * len(runs)), sharex=True)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.4 * len(runs)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     for axis, run in zip(axes, runs):
         if not run["loss_history"]:
             continue
@@ -236,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="vanilla,supervised")
     parser.add_argument("--max-failures", type=int, default=10, help="vanilla FailureConfig(max_failures)")
     parser.add_argument("--checkpoint-every", type=int, default=10)
+    parser.add_argument("--no-in-place", action="store_true",
+                        help="supervised run restarts the whole group on T1 (no in-place recovery)")
     parser.add_argument("--step-sleep-s", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/fault_drill")

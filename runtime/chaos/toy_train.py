@@ -67,9 +67,15 @@ def load_latest_checkpoint(directory: str, report: bool = True) -> tuple[int, di
 
 def toy_train_loop(config: dict) -> None:
     """Ray Train worker loop. config: checkpoint_dir, max_steps, checkpoint_every, step_sleep_s, lr,
-    bug_at_step (raise a deterministic error there), seed."""
+    bug_at_step (raise a deterministic error there), seed.
+
+    Under in-place recovery (`peer_group.current()` set) the loop forms its own process group; when a
+    peer dies mid-collective the survivors re-form without it and go on from their live state, and
+    take its replacement back in at a step boundary."""
     import ray.train
     import torch.distributed as dist
+
+    from runtime.elastic import peer_group
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -86,25 +92,55 @@ def toy_train_loop(config: dict) -> None:
         start_step, state = restored
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-    distributed = dist.is_available() and dist.is_initialized() and world_size > 1
+    group = peer_group.current() if world_size > 1 else None
+
+    def live_state() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    def adopt(resumed: tuple[int, dict | None]) -> int:
+        step, state = resumed
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        return step
+
+    if group is not None:
+        start_step = adopt(group.form(step=start_step, state=None))
+    distributed = group is not None or (dist.is_available() and dist.is_initialized() and world_size > 1)
     # compute_s: this rank's own time between two collectives (includes anything slowing it down,
     # excludes waiting for slower peers inside all_reduce) - what straggler detection compares.
     last_sync_s = time.perf_counter()
-    for step in range(start_step + 1, config.get("max_steps", 100) + 1):
-        if config.get("bug_at_step") == step:
-            raise ValueError(f"deterministic bug at step {step}")
-        shard = inputs[rank::world_size], targets[rank::world_size]
-        loss = torch.nn.functional.mse_loss(model(shard[0]), shard[1])
-        optimizer.zero_grad()
-        loss.backward()
-        time.sleep(config.get("step_sleep_s", 0.05))  # stands in for a real step's compute
-        compute_s = time.perf_counter() - last_sync_s
-        if distributed:
-            for parameter in model.parameters():
-                dist.all_reduce(parameter.grad)
-                parameter.grad /= world_size
+    step = start_step
+    while step < config.get("max_steps", 100):
+        if config.get("bug_at_step") == step + 1:
+            raise ValueError(f"deterministic bug at step {step + 1}")
+        try:
+            if group is not None:
+                joined = group.regroup_if_joining(step, live_state)  # a replacement is ready: take it in
+                if joined is not None:
+                    step = adopt(joined)
+            # The whole batch every step: sharded over the ranks of the moment (fewer while one is replaced).
+            shard_rank, shard_count = (group.group_rank, group.group_size) if group else (rank, world_size)
+            shard = inputs[shard_rank::shard_count], targets[shard_rank::shard_count]
+            loss = torch.nn.functional.mse_loss(model(shard[0]), shard[1])
+            optimizer.zero_grad()
+            loss.backward()
+            time.sleep(config.get("step_sleep_s", 0.05))  # stands in for a real step's compute
+            compute_s = time.perf_counter() - last_sync_s
+            if distributed:
+                for parameter in model.parameters():
+                    dist.all_reduce(parameter.grad)
+                    parameter.grad /= shard_count
+        except Exception as error:
+            if group is None or not group.is_peer_failure(error):
+                raise
+            step = adopt(group.form(step=step, state=live_state()))  # a peer died: go on without it
+            last_sync_s = time.perf_counter()
+            continue
         last_sync_s = time.perf_counter()
         optimizer.step()
-        if rank == 0 and step % config.get("checkpoint_every", 5) == 0:
-            save_checkpoint(directory, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        step += 1
+        leader = group.group_rank == 0 if group is not None else rank == 0
+        if leader and step % config.get("checkpoint_every", 5) == 0:
+            save_checkpoint(directory, step, live_state())
         report_step(step, loss.item(), num_tokens=len(shard[0]), compute_s=compute_s)

@@ -67,6 +67,10 @@ class ElasticConfig:
     capacity_wait_s: float = 30.0  # how long to wait for min_workers slots before stopping
     spread: bool = False  # True: one worker per node (SPREAD; the node is the failure domain); False: PACK
     no_progress_limit: int = 2
+    # True: a dead or killed rank is replaced alone and the survivors re-form the process group around
+    # it with their live state (runtime.elastic.peer_group; the loop must call PeerGroup.form). T2/T3
+    # still restart the whole group on a new placement.
+    in_place_recovery: bool = False
 
     def __post_init__(self) -> None:
         if self.min_workers < 1:
@@ -97,6 +101,8 @@ class ElasticSupervisor:
             gpu_resource=config.gpu_resource))
         self._agents: dict[str, Any] = {}
         self._controller: Any = None
+        self._rendezvous: Any = None  # peer_group.Rendezvous of the current attempt (in-place recovery)
+        self._peer_ranks: list[int] = []  # ranks of the latest in-place process group
         self._workers: list[dict] = []  # current group: {"rank", "node_id", "pid"}
         self._group_size = 0
         self._generation = 0
@@ -147,6 +153,8 @@ class ElasticSupervisor:
                         self._stop(f"Ray Train gave up: {type(error).__name__}: {str(error)[:500]}")
         self._running = False
         monitor.join(timeout=2)
+        if self._rendezvous is not None:
+            ray.kill(self._rendezvous)
         for agent in self._agents.values():
             agent.stop.remote()
         self._placement.release()
@@ -170,9 +178,21 @@ class ElasticSupervisor:
         # The elastic range's upper end is the healthy capacity the supervisor counted (Ray's own
         # count ignores cordons and label selectors); a larger group needs a new attempt (grow).
         num_workers = (config.min_workers, size) if size > config.min_workers else size
+        torch_config = None
+        if config.in_place_recovery:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from runtime.elastic.peer_group import PeerGroupTorchConfig, Rendezvous
+
+            if self._rendezvous is not None:
+                ray.kill(self._rendezvous)
+            self._rendezvous = Rendezvous.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)).remote(self._self)
+            torch_config = PeerGroupTorchConfig()
         return TorchTrainer(
-            supervised_loop(self._loop, self._self),
+            supervised_loop(self._loop, self._self, self._rendezvous),
             train_loop_config=self._loop_config,
+            torch_config=torch_config,
             scaling_config=ScalingConfig(
                 num_workers=num_workers, resources_per_worker=dict(config.resources_per_worker),
                 placement_strategy="SPREAD" if config.spread else "PACK",
@@ -219,13 +239,45 @@ class ElasticSupervisor:
             self._generation += 1
             self._progress.reset()
             self._nodes_history.append([worker["node_id"] for worker in workers])
-            by_node: dict[str, dict[int, int]] = {}
-            for worker in workers:
-                by_node.setdefault(worker["node_id"], {})[worker["rank"]] = worker["pid"]
-            for node_id, agent in self._agents.items():
-                agent.watch_pids.remote(by_node.get(node_id, {}))
+            self._watch_worker_pids()
         logger.info("worker group %d: %s", self._generation, workers)
         metrics.gauge("strata_elastic_workers_count", "training workers in the current group").set(len(workers))
+
+    def replace_workers(self, workers: list[dict], attempt: int | None = None) -> None:
+        """Ray Train replaced these ranks alone (in-place recovery); the others kept running."""
+        with self._lock:
+            if attempt is not None and attempt != self._attempt:
+                return
+            by_rank = {worker["rank"]: worker for worker in self._workers}
+            for worker in workers:
+                if worker["rank"] in by_rank:
+                    self._retired_pids.add(by_rank[worker["rank"]]["pid"])
+                by_rank[worker["rank"]] = worker
+            self._workers = [by_rank[rank] for rank in sorted(by_rank)]
+            self._nodes_history.append([worker["node_id"] for worker in self._workers])
+            self._watch_worker_pids()
+        logger.info("worker group %d: replaced in place %s", self._generation, workers)
+
+    def peer_group_formed(self, epoch: int, ranks: list[int]) -> None:
+        """In-place recovery: the ranks formed a new process group (shrunk without a dead rank, or grown back)."""
+        with self._lock:
+            self._restarting = False
+            self._generation += 1
+            self._progress.keep_ranks(ranks)
+            self._peer_ranks = list(ranks)
+        logger.info("peer group epoch %d: ranks %s", epoch, ranks)
+
+    def _mark_dead(self, rank: int | None, pid: int | None) -> None:
+        """In-place recovery: the survivors need not wait for `rank`; they go on without it."""
+        if self._config.in_place_recovery and self._rendezvous is not None and rank is not None:
+            self._rendezvous.mark_dead.remote(rank, pid)
+
+    def _watch_worker_pids(self) -> None:
+        by_node: dict[str, dict[int, int]] = {}
+        for worker in self._workers:
+            by_node.setdefault(worker["node_id"], {})[worker["rank"]] = worker["pid"]
+        for node_id, agent in self._agents.items():
+            agent.watch_pids.remote(by_node.get(node_id, {}))
 
     # -- called by workers (report_step / supervised_loop) ---------------------------------------------
     def heartbeat(self, beat: Any) -> None:
@@ -336,11 +388,41 @@ class ElasticSupervisor:
         train, spare = self._placement.capacity(self._config.spread)
         if tier == T3 and train + spare < self._group_size:
             self._resize(train + spare, f"shrink after losing node {node_id}")
+        elif self._config.in_place_recovery and tier in (T2, T3):
+            # In-place mode replaces dead ranks into their old placement bundles; a new placement (GPU
+            # quarantined, node cordoned, spare taken) needs a new attempt with the new label selector.
+            self._resize(self._target_size(), f"{tier}: new placement without node {(node_id or '')[:8]}")
+            return
+        if tier == T1 and signal.fault_class in (FaultClass.PROCESS_DEATH, FaultClass.WORKER_ERROR):
+            self._mark_dead(signal.rank, signal.pid)
         if signal.fault_class not in (FaultClass.PROCESS_DEATH, FaultClass.WORKER_ERROR, FaultClass.NODE_LOSS):
             # Ray Train restarts the whole group once any rank dies: kill the faulty rank (a hung one, or
             # every rank on the faulty node) rather than wait for its 600 s health-check timeout.
             by_rank = signal.rank is not None and tier == T1
+            if self._config.in_place_recovery and signal.fault_class == FaultClass.HANG:
+                self._kill_hung_ranks()
+                return
             self._kill_workers(node_id=None if by_rank else node_id, rank=signal.rank if by_rank else 0)
+
+    def _kill_hung_ranks(self) -> None:
+        """In-place recovery replaces only the killed ranks, so a hang must kill the rank that hangs.
+
+        Every rank stops stepping when one hangs (the others wait in its collective), so the heartbeat
+        alone cannot say which; a stopped process can (SIGSTOP, a debugger). Otherwise all ranks go.
+        """
+        statuses = {}
+        for worker in self._workers:
+            agent = self._agents.get(worker["node_id"])
+            if agent is not None:
+                statuses[worker["rank"]] = agent.process_status.remote(worker["pid"])
+        try:
+            stopped = [rank for rank, ref in statuses.items() if ray.get(ref, timeout=2.0) == "stopped"]
+        except Exception:  # an agent that does not answer: fall back to the whole group
+            stopped = []
+        for worker in self._workers:
+            if not stopped or worker["rank"] in stopped:
+                self._kill_workers(node_id=None, rank=worker["rank"])
+        logger.warning("hang: killing rank(s) %s", stopped or "all")
 
     def _kill_workers(self, node_id: str | None, rank: int | None) -> None:
         """SIGKILL the faulty rank (or every rank on the node) so Ray Train restarts the group now."""
@@ -349,6 +431,8 @@ class ElasticSupervisor:
             agent = self._agents.get(worker["node_id"])
             if agent is not None:
                 agent.kill.remote(worker["pid"])
+            self._retired_pids.add(worker["pid"])  # its death is this decision's doing, not a new fault
+            self._mark_dead(worker["rank"], worker["pid"])
 
     def _node_of_rank(self, rank: int | None) -> str | None:
         return next((w["node_id"] for w in self._workers if w["rank"] == rank), None)
@@ -394,4 +478,5 @@ class ElasticSupervisor:
         with self._lock:
             return {"step": self._last_step, "generation": self._generation, "group_size": self._group_size,
                     "cordoned": dict(self._placement.cordoned), "num_faults": len(self._records),
-                    "recovering": len(self._recovering), "stopped": self._stop_report}
+                    "recovering": len(self._recovering), "stopped": self._stop_report,
+                    "peer_ranks": list(self._peer_ranks)}

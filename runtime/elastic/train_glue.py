@@ -18,13 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+from ray.train.v2._internal.execution.callback import (
+    ControllerCallback,
+    ReplicaGroupCallback,
+    WorkerGroupCallback,
+)
 
 from runtime.elastic import progress
 from runtime.health.taxonomy import FaultClass
 
 
-class SupervisorCallback(ControllerCallback, WorkerGroupCallback):
+class SupervisorCallback(ControllerCallback, WorkerGroupCallback, ReplicaGroupCallback):
     """Runs inside Ray Train's controller actor; forwards to the supervisor actor."""
 
     def __init__(self, supervisor: Any, attempt: int | None = None):
@@ -45,13 +49,30 @@ class SupervisorCallback(ControllerCallback, WorkerGroupCallback):
         ]
         ray.get(self._supervisor.register_workers.remote(workers, self._attempt))
 
+    def after_replica_group_start(self, replica_group: Any) -> None:
+        """In-place recovery: Ray Train replaced only these workers (one rank each)."""
+        workers = [
+            {"rank": worker.distributed_context.world_rank, "node_id": worker.metadata.node_id,
+             "pid": worker.metadata.pid}
+            for worker in replica_group.get_workers()
+        ]
+        ray.get(self._supervisor.replace_workers.remote(workers, self._attempt))
 
-def supervised_loop(train_loop_per_worker: Callable[[dict], Any], supervisor: Any) -> Callable[[dict], Any]:
-    """Wrap the user's loop: heartbeats to `supervisor`, chaos directives, exceptions with a signature."""
+
+def supervised_loop(
+    train_loop_per_worker: Callable[[dict], Any], supervisor: Any, rendezvous: Any = None
+) -> Callable[[dict], Any]:
+    """Wrap the user's loop: heartbeats to `supervisor`, chaos directives, exceptions with a signature,
+    and (in-place recovery) this rank's PeerGroup on `rendezvous`."""
     from runtime.chaos.hook import apply_directives
 
     def loop(config: dict) -> Any:
         progress.install_heartbeat_sink(supervisor, chaos_hook=apply_directives)
+        if rendezvous is not None:
+            from runtime.elastic import peer_group
+
+            context = ray.train.get_context()
+            peer_group.install(rendezvous, context.get_world_rank(), context.get_world_size())
         try:
             result = train_loop_per_worker(config)
         except Exception as error:

@@ -111,6 +111,15 @@ class HealthAgent:
     def kill(self, pid: int) -> bool:
         return self.send_signal(pid, signal.SIGKILL)
 
+    def process_status(self, pid: int) -> str | None:
+        """psutil status of a process on this node ("stopped" for a SIGSTOPped one); None if gone."""
+        import psutil
+
+        try:
+            return psutil.Process(pid).status()
+        except psutil.Error:
+            return None
+
     def set_chaos(self, pid: int, directive: dict) -> None:
         """Write a directive the worker `pid` reads at its next step (e.g. {"sleep_s": 1.0})."""
         os.makedirs(CHAOS_DIR, exist_ok=True)

@@ -62,6 +62,17 @@ class ProgressSource(SignalSource):
             self._ranks.clear()
             self._generation += 1
 
+    def keep_ranks(self, ranks: list[int]) -> None:
+        """The group re-formed in place with `ranks`: forget the others, restart the hang clock of these."""
+        now = time.time()
+        with self._lock:
+            for rank in list(self._ranks):
+                if rank not in ranks:
+                    del self._ranks[rank]
+                else:
+                    self._ranks[rank].last_beat_s = now
+                    self._ranks[rank].hang_reported = False
+
     def record(self, *, rank: int, step: int, time_s: float, step_time_s: float | None,
                node_id: str | None = None, pid: int | None = None, compute_time_s: float | None = None) -> None:
         """One heartbeat. `compute_time_s` is the rank's own work in the step, without waiting in
