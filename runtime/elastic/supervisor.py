@@ -286,7 +286,8 @@ class ElasticSupervisor:
                 return  # a straggling message from a previous worker group
             self._progress.record(rank=beat.rank, step=beat.step, time_s=beat.time_s, step_time_s=beat.step_time_s,
                                   node_id=beat.node_id, pid=beat.pid, compute_time_s=beat.metrics.get("compute_s"))
-            if beat.rank == 0:
+            leader = min(self._peer_ranks) if self._peer_ranks else 0  # rank 0 may be the one being replaced
+            if beat.rank == leader:
                 self._loss_history.append((beat.time_s, beat.step, beat.loss))
                 self._last_step = beat.step
             if self._recovering and self._generation > self._generation_at_decision:

@@ -1,5 +1,6 @@
 """Jobs on a real cluster: `ray start --head` on loopback, `ray job submit --working-dir .` through the
-CLI as a user would, SUCCEEDED with the app's output, and a failing job surfacing as FAILED."""
+CLI as a user would, SUCCEEDED with the app's output, and a failing job surfacing as FAILED; and the
+model API put on the same cluster with `serve deploy cluster_configs/serve/llm_pd.yaml`."""
 
 import os
 import re
@@ -20,11 +21,14 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def head_node(tmp_path_factory):
     """A separate head node in its own process group (so stopping it never touches other clusters)."""
+    from runtime.engine.testing import build_tiny_model
+
     temp_dir = str(tmp_path_factory.mktemp("ray_head"))
+    model_dir = build_tiny_model(str(tmp_path_factory.mktemp("models") / "strata-tiny"), max_position_embeddings=256)
     port, dashboard_port = free_port(), free_port()
     # Ray 2.60 turns token authentication on for `ray start --head`; the CLI must carry the token.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), STRATA_MODEL_DIR=model_dir)
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")  # as in an activated venv: `python` is ours
     command = [
         os.path.join(BIN, "ray"), "start", "--head", "--block",
@@ -32,7 +36,7 @@ def head_node(tmp_path_factory):
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     log = open(os.path.join(temp_dir, "ray_start.log"), "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -113,3 +117,39 @@ def test_failing_job_is_failed_with_traceback_in_logs(head_node):
     logs = _ray_job(address, env, "logs", job_id).stdout
     assert "Traceback (most recent call last)" in logs
     assert "RuntimeError: --require-nodes 3: the cluster has only 1 alive node(s)" in logs
+
+
+@pytest.mark.slow
+def test_serve_deploy_of_the_pd_config(head_node, tmp_path):
+    """`serve deploy` of the shipped PD YAML (only the HTTP port changed, to a free one) answers over HTTP."""
+    import httpx
+    import yaml
+
+    address, env = head_node
+    with open(os.path.join(REPO, "cluster_configs", "serve", "llm_pd.yaml")) as file:
+        config = yaml.safe_load(file)
+    http_port = free_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": http_port}
+    path = tmp_path / "llm_pd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve = os.path.join(BIN, "serve")
+    deployed = subprocess.run([serve, "deploy", str(path), "--address", address], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    try:
+        deadline = time.time() + 300
+        while True:
+            status = subprocess.run([serve, "status", "--address", address], env=env, capture_output=True, text=True)
+            if "status: RUNNING" in status.stdout and "DEPLOY_FAILED" not in status.stdout:
+                break
+            assert "DEPLOY_FAILED" not in status.stdout, status.stdout
+            assert time.time() < deadline, status.stdout
+            time.sleep(3)
+        base = f"http://127.0.0.1:{http_port}"
+        models = httpx.get(f"{base}/v1/models", timeout=30).json()
+        assert [model["id"] for model in models["data"]] == ["strata-tiny"]
+        body = {"model": "strata-tiny", "prompt": [5, 6, 7, 8] * 10, "max_tokens": 6, "temperature": 0}
+        answer = httpx.post(f"{base}/v1/completions", json=body, timeout=120).json()
+        assert answer["usage"]["completion_tokens"] == 6, answer
+    finally:
+        subprocess.run([serve, "shutdown", "-y", "--address", address], env=env, capture_output=True, timeout=120)
