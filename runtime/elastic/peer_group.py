@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,8 +156,6 @@ class PeerGroup:
         (step, state) of the most advanced one, so all continue from the same point; otherwise (a fresh
         start) each keeps its own.
         """
-        import os
-
         import torch.distributed as dist
 
         began = time.monotonic()
