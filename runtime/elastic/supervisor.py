@@ -235,7 +235,6 @@ class ElasticSupervisor:
                 return  # a worker group of an attempt being aborted (resize)
             self._retired_pids.update(w["pid"] for w in self._workers)
             self._workers = workers
-            self._peer_ranks = []  # a new group: no in-place epoch yet (its leader defaults to rank 0)
             self._restarting = False
             self._generation += 1
             self._progress.reset()
