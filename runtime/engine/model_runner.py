@@ -14,6 +14,7 @@ import torch
 
 from runtime.engine.config import EngineConfig
 from runtime.engine.device import configure_threads, resolve_device, resolve_dtype
+from runtime.engine.layers import paged_decode
 from runtime.engine.layers.attention import AttentionMetadata, DecodeGroup, PagedKVCache, PrefillChunk
 from runtime.engine.loader import load_model, read_hf_config
 from runtime.engine.sequence import Sequence
@@ -51,6 +52,11 @@ class ModelRunner:
             num_layers=args.num_layers, num_blocks=num_blocks, block_size=self.block_size,
             num_kv_heads=args.num_kv_heads, head_dim=args.head_dim, dtype=self.dtype, device=self.device,
             int8=config.kv_cache_dtype == "int8")
+        # Batched decodes attend in one compiled kernel reading the cache in place (CPU, fp32 cache);
+        # compiled (or loaded from numba's disk cache) now, so no request pays for it.
+        self.paged_decode_kernel = paged_decode.available(self.kv_cache)
+        if self.paged_decode_kernel:
+            paged_decode.warm_up(self.kv_cache)
 
     def _bytes_per_block(self, int8: bool) -> int:
         a = self.model.args
@@ -126,20 +132,27 @@ class ModelRunner:
                 sample_seqs.append(seq)
         device = self.device
         meta = AttentionMetadata(slot_mapping=None, num_decodes=len(decodes))
-        for start in range(0, len(decodes), DECODE_GROUP_SIZE):
-            group = [seqs[i] for i in decodes[start:start + DECODE_GROUP_SIZE]]
+        in_place = self.paged_decode_kernel  # one kernel call for all decodes: ragged lengths, no padding
+        group_size = max(len(decodes), 1) if in_place else DECODE_GROUP_SIZE
+        for start in range(0, len(decodes), group_size):
+            group = [seqs[i] for i in decodes[start:start + group_size]]
             context_lens = [seq.num_computed_tokens + 1 for seq in group]
             kv_len = context_lens[-1]
             num_table_blocks = -(-kv_len // bs)
             tables = [seq.block_table[:num_table_blocks] for seq in group]
             tables = [t + [0] * (num_table_blocks - len(t)) for t in tables]
+            block_tables = torch.tensor(tables, dtype=torch.long, device=device)
+            if in_place:
+                meta.decode_groups.append(DecodeGroup(
+                    start=start, end=start + len(group), kv_len=kv_len, block_tables=block_tables,
+                    context_lens=torch.tensor(context_lens, dtype=torch.long, device=device)))
+                continue
             mask = None
             if context_lens[0] != kv_len:
                 lens = torch.tensor(context_lens, device=device)
                 mask = (torch.arange(kv_len, device=device)[None, :] >= lens[:, None])[None, :, None, :]
-            meta.decode_groups.append(DecodeGroup(
-                start=start, end=start + len(group), kv_len=kv_len, mask=mask,
-                block_tables=torch.tensor(tables, dtype=torch.long, device=device)))
+            meta.decode_groups.append(DecodeGroup(start=start, end=start + len(group), kv_len=kv_len, mask=mask,
+                                                  block_tables=block_tables))
         for i in prefills:
             seq, n = seqs[i], num_new_tokens[i]
             start_pos = seq.num_computed_tokens

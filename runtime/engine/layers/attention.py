@@ -2,8 +2,10 @@
 
 Cache layout per layer: [num_kv_heads, num_blocks * block_size, head_dim] for K and for V, so that
 gathering a sequence's blocks yields [kv_heads, tokens, head_dim] slabs that SDPA reads without
-another copy. Decodes (one query each) are batched into one SDPA call, their query heads grouped
-under their KV head (GQA without repeating K/V); each prefill chunk gets its own causal call.
+another copy. Decodes (one query each) are batched: on CPU with numba, all of them in one compiled
+kernel that reads the blocks in place (layers/paged_decode.py); otherwise per group of similar
+lengths with one gather, their query heads grouped under their KV head (GQA without repeating K/V).
+Each prefill chunk gets its own causal SDPA call.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from runtime.engine.layers.paged_decode import paged_decode_attention
 
 
 @dataclass(slots=True)
@@ -32,6 +36,7 @@ class DecodeGroup:
     block_tables: torch.Tensor  # [D, max_blocks]
     kv_len: int  # the longest context in the group
     mask: torch.Tensor | None = None  # [1, D, 1, kv_len] True on padding; None if lengths are equal
+    context_lens: torch.Tensor | None = None  # [D]: set when the compiled in-place kernel attends this group
 
 
 @dataclass(slots=True)
@@ -165,9 +170,12 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
 
 def _decode_attention(q: torch.Tensor, cache: PagedKVCache, layer: int, group: DecodeGroup,
                       scale: float) -> torch.Tensor:
-    """Plain matmul-softmax-matmul: for one query per sequence it beats the SDPA kernels on CPU,
-    whose per-call setup costs more than this whole computation."""
+    """The compiled kernel reading K/V in place when the runner chose it (`group.context_lens`), else
+    gather + plain matmul-softmax-matmul: for one query per sequence that beats the SDPA kernels on
+    CPU, whose per-call setup costs more than this whole computation."""
     num_decodes, num_heads, head_dim = q.shape
+    if group.context_lens is not None:
+        return paged_decode_attention(q, cache, layer, group.block_tables, group.context_lens, scale)
     k, v = cache.gather(layer, group.block_tables, group.kv_len)  # [kv_heads, D, L, d]
     groups = num_heads // cache.num_kv_heads
     # [kv_heads, D, groups, d]: query heads grouped under their KV head (GQA without repeating K/V)
