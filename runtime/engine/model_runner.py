@@ -93,12 +93,16 @@ class ModelRunner:
             weight = getattr(layer, "weight", None)
             dense_elements += (weight if weight is not None else layer.qweight).numel()
         dense_bytes = dense_elements * self.dtype.itemsize
+        # int8 layers share one transient bf16 dequantization buffer per thread (see Int8Linear)
+        scratch_bytes = max((getattr(getattr(owner, name), "scratch_bytes", 0) for owner, name in model.linear_layers()),
+                            default=0)
         kv_block_bytes = self._bytes_per_block(self.kv_cache.int8)
         kv_dense_block_bytes = self._bytes_per_block(False)
         return {
             "linear_weight_bytes": linear_bytes,
             "linear_weight_bytes_unquantized": dense_bytes,
             "linear_weight_saving": 1.0 - linear_bytes / dense_bytes,
+            "int8_scratch_bytes": scratch_bytes,
             "kv_cache_bytes": self.kv_cache.nbytes,
             "kv_bytes_per_token": kv_block_bytes // self.block_size,
             "kv_cache_saving": 1.0 - kv_block_bytes / kv_dense_block_bytes,

@@ -6,6 +6,8 @@ microseconds each. Quantized and packed weights are made at load from any fp32/b
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -80,12 +82,31 @@ def quantize_int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch
     return q, scale
 
 
-class Int8Linear:
-    """On CPU, torch's int8 weight-only kernel (`_weight_int8pack_mm`) with bf16 activations: it reads
-    a quarter of the fp32 weight bytes and measured faster than fp32 GEMM at batch 1..64 here (its fp32
-    activation variant is several times slower). Elsewhere the weight is dequantized per call."""
+INT8_DEQUANT_MIN_ROWS = 16  # from this many rows on, dequantize-to-bf16 + bf16 GEMM beats _weight_int8pack_mm
+INT8_SCRATCH_ELEMENTS = 4 << 20  # weight rows are dequantized in chunks of at most this many elements (8 MB)
+_scratch = threading.local()  # one transient bf16 buffer per thread, shared by every Int8Linear
 
-    __slots__ = ("qweight", "scale", "bias", "compute_dtype", "use_int8_kernel", "_kernel_scale")
+
+def _int8_scratch(numel: int) -> torch.Tensor:
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _scratch.buffer = torch.empty(numel, dtype=torch.bfloat16)
+    return buffer[:numel]
+
+
+class Int8Linear:
+    """Weight-only int8 per output channel. On CPU (in_features % 16 == 0) two kernels, picked per call
+    by the number of rows M, both with bf16 activations and fp32 accumulation:
+    - M < 16: torch's int8 weight-only kernel (`_weight_int8pack_mm`), which reads a quarter of the fp32
+      weight bytes (batch-1 decode ~1.8x fp32), but whose cost grows linearly with M;
+    - M >= 16 (batched decode, prefill): the int8 weight converted (exactly: |q| <= 127) into a reused
+      bf16 scratch, a chunk of rows at a time so the chunk is still in cache when the oneDNN bf16 GEMM
+      (AVX512-BF16) reads it, the per-channel scale applied to the fp32 output. At M = 64 this is ~2x
+      both the int8 kernel and the packed fp32 GEMM here (see benchmarks/results/engine_int8_linear.txt).
+    The weight stays int8 (-75% memory); the scratch is one buffer per thread of at most
+    INT8_SCRATCH_ELEMENTS bf16 values. Elsewhere the weight is dequantized per call."""
+
+    __slots__ = ("qweight", "scale", "bias", "compute_dtype", "use_int8_kernel", "_kernel_scale", "_chunk_rows")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.qweight, scale = quantize_int8_per_channel(weight)
@@ -95,11 +116,15 @@ class Int8Linear:
         # The kernel needs K % 16 == 0 (other widths crash in torch 2.13); those dequantize per call.
         self.use_int8_kernel = weight.device.type == "cpu" and weight.shape[1] % 16 == 0
         self._kernel_scale = scale.to(torch.bfloat16)
+        self._chunk_rows = max(1, min(weight.shape[0], INT8_SCRATCH_ELEMENTS // weight.shape[1]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_int8_kernel:
             x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            y = torch._weight_int8pack_mm(x2, self.qweight, self._kernel_scale).to(self.compute_dtype)
+            if x2.shape[0] >= INT8_DEQUANT_MIN_ROWS:
+                y = self._dequantized_mm(x2)
+            else:
+                y = torch._weight_int8pack_mm(x2, self.qweight, self._kernel_scale).to(self.compute_dtype)
             y = y.view(*x.shape[:-1], -1)
         else:
             y = F.linear(x, self.qweight.to(self.compute_dtype)) * self.scale
@@ -107,9 +132,29 @@ class Int8Linear:
             y = y + self.bias
         return y
 
+    def _dequantized_mm(self, x: torch.Tensor) -> torch.Tensor:
+        out_features, in_features = self.qweight.shape
+        rows = self._chunk_rows
+        if rows == out_features:
+            w = _int8_scratch(out_features * in_features).view(out_features, in_features)
+            w.copy_(self.qweight)
+            return F.linear(x, w).to(self.compute_dtype).mul_(self.scale)
+        y = torch.empty(x.shape[0], out_features, dtype=self.compute_dtype, device=x.device)
+        for start in range(0, out_features, rows):
+            q = self.qweight[start:start + rows]
+            w = _int8_scratch(q.numel()).view(q.shape)
+            w.copy_(q)
+            y[:, start:start + rows] = F.linear(x, w)
+        return y.mul_(self.scale)
+
     @property
     def weight_bytes(self) -> int:
         return self.qweight.numel() + self.scale.numel() * self.scale.element_size()
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The transient bf16 buffer this layer needs (shared by all layers of a thread: report the max)."""
+        return self._chunk_rows * self.qweight.shape[1] * 2 if self.use_int8_kernel else 0
 
 
 class Fp8Linear:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from runtime.engine import LLM, LLMEngine, SamplingParams
+from runtime.engine.layers import linear
 from runtime.engine.layers.linear import Int8Linear, quantize_int8_per_channel
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Paged attention keeps the KV cache in blocks."
@@ -32,6 +33,27 @@ def test_int8_per_channel_roundtrip_error_is_small():
         assert layer.use_int8_kernel == (in_features % 16 == 0)
         x = torch.randn(3, in_features)
         assert torch.nn.functional.cosine_similarity(layer(x), x @ weight.t(), dim=-1).min() > 0.999
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 40 * 128], ids=["whole", "row-chunks"])
+def test_int8_kernels_agree_across_batch_sizes(monkeypatch, chunk_elements):
+    """Small M runs torch's int8 kernel, M >= INT8_DEQUANT_MIN_ROWS the bf16-dequantized GEMM (in row
+    chunks for large weights): both are bf16-activation approximations of the dequantized fp32 product."""
+    if chunk_elements is not None:
+        monkeypatch.setattr(linear, "INT8_SCRATCH_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randn(200, 128) * 0.05, torch.randn(200))
+    assert layer.scratch_bytes == 2 * 128 * (40 if chunk_elements else 200)
+    exact = torch.nn.functional.linear  # reference: fp32 activations, dequantized weight
+    for rows in (1, linear.INT8_DEQUANT_MIN_ROWS - 1, linear.INT8_DEQUANT_MIN_ROWS, 64):
+        x = torch.randn(rows, 128)
+        want = exact(x, layer.qweight.float() * layer.scale[:, None], layer.bias)
+        got = layer(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).norm() / want.norm() < 5e-3  # bf16 activations: ~2e-3 relative
+    x = torch.randn(linear.INT8_DEQUANT_MIN_ROWS, 128)
+    small = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])  # row by row: the int8 kernel
+    torch.testing.assert_close(layer(x), small, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("quantization", ["int8", "fp8"])
