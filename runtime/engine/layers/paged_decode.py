@@ -9,11 +9,14 @@ padding or mask. An int8 cache (per token and head scales) is dequantized on the
 
 `available(cache)` is False when numba is not installed, for caches numba cannot read (bf16/fp16)
 and off CPU; the caller then uses the torch gather path. Compiled code is cached on disk
-(`cache=True`) and `warm_up()` compiles/loads it at engine start so no request pays for it. numba's
-thread count follows torch's (`torch.get_num_threads()`), so the two never oversubscribe the CPUs.
+(`cache=True`: ~3 s to compile once, ~0.3 s to load) and `warm_up()` does that at engine start so no
+request pays for it. numba's thread count follows torch's (`torch.get_num_threads()`) and its OpenMP
+layer is preferred, so the two never oversubscribe the CPUs.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -24,6 +27,10 @@ except ImportError:  # pragma: no cover - numba is a core dependency; the torch 
     numba = None
 
 AVAILABLE = numba is not None
+if AVAILABLE and "NUMBA_THREADING_LAYER" not in os.environ:
+    # OpenMP first: interleaved with torch's OpenMP GEMMs it costs ~5% over the two run apart, the
+    # 'workqueue' layer ~20% (threads contending); see benchmarks/results/engine_mixed_kernels.txt.
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 
 def _paged_decode(q, k, v, k_scale, v_scale, block_tables, context_lens, num_kv_heads, block_size, scale,
