@@ -30,6 +30,7 @@ from safetensors import safe_open
 
 from runtime.engine import LLMEngine, SamplingParams
 from runtime.engine.device import configure_threads
+from runtime.engine.layers import paged_decode
 from runtime.engine.layers.linear import PackedLinear, can_pack
 from runtime.engine.testing import build_tiny_model
 
@@ -255,7 +256,8 @@ def main() -> None:
     requests = workload(8, (32, 96), (8, 32)) if args.quick else workload(args.num_requests, (32, 512), (16, 256))
     load_before = os.getloadavg()
     results = {"machine": {"threads": threads, "cpu": platform.processor() or platform.machine(),
-                           "torch": torch.__version__, "load_avg_before": load_before},
+                           "torch": torch.__version__, "numba": paged_decode.numba.__version__ if paged_decode.AVAILABLE
+                           else None, "load_avg_before": load_before},
                "config": {"quick": args.quick, "decode_tokens": decode_tokens, "num_requests": len(requests),
                           "hf_static_batch": HF_STATIC_BATCH}, "models": {}}
     for name, model_dir in build_models(args.model_cache, names).items():
