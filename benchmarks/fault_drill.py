@@ -8,7 +8,9 @@ runs the toy data-parallel loop (runtime.chaos.toy_train) twice: once as a plain
 FailureConfig(max_failures=...) and once under the supervisor. Every `--interval-s` one fault of the
 schedule is injected into whichever run is live (SIGKILL, XID 13/48/79 with their effect on the
 process, thermal throttle, corrupt checkpoint, straggler, node loss, SIGSTOP hang). Per fault it
-reports detection latency, tier, MTTR (injection -> next completed step) and steps lost; overall,
+reports detection latency, tier, MTTR (injection -> next completed step after the outage), downtime (all
+seconds without a step until the next fault: a shrunk in-place resume can be followed by a restart)
+and steps lost; overall,
 ETTR = net steps x fault-free step time / wall time. Writes JSON and a PNG of loss vs wall time with
 fault markers for both runs.
 """
@@ -128,6 +130,20 @@ def recovery(history: list, injected_s: float, at_step: int, end_s: float) -> tu
     return first_after[0] - injected_s, max(0, at_step - first_after[1] + 1)
 
 
+def downtime(history: list, injected_s: float, end_s: float) -> float:
+    """Seconds without a completed step between a fault and the next one (every outage, not only the
+    first: in-place recovery resumes at once shrunk, and a T2/T3 restart may follow moments later)."""
+    intervals = [b[0] - a[0] for a, b in zip(history, history[1:]) if b[1] == a[1] + 1]
+    step_s = statistics.median(intervals) if intervals else 0.1
+    outage_s = max(0.3, 3 * step_s)
+    times = [t for t, _, _ in history if injected_s - 60 <= t <= end_s]
+    lost = 0.0
+    for a, b in zip(times, times[1:]):
+        if b > injected_s and b - a >= outage_s:
+            lost += b - max(a, injected_s) - step_s
+    return max(0.0, lost)
+
+
 def supervised_faults(result, injected: list[Injected], interval_s: float) -> list[dict]:
     rows, records = [], list(result.faults)
     order = {T0: 0, T1: 1, T2: 2, T3: 3, "T4": 4}
@@ -141,7 +157,8 @@ def supervised_faults(result, injected: list[Injected], interval_s: float) -> li
         mttr_s, steps_lost = recovery(result.loss_history, item.injected_s, item.at_step, item.injected_s + interval_s)
         rows.append({**row, "detected": True, "tier": record.tier, "fault_class": record.fault_class,
                      "detection_s": record.decided_s - item.injected_s,
-                     "mttr_s": 0.0 if record.tier == T0 else mttr_s, "steps_lost": 0 if record.tier == T0 else steps_lost})
+                     "mttr_s": 0.0 if record.tier == T0 else mttr_s, "steps_lost": 0 if record.tier == T0 else steps_lost,
+                     "downtime_s": downtime(result.loss_history, item.injected_s, item.injected_s + interval_s)})
     return rows
 
 
@@ -157,7 +174,7 @@ def vanilla_faults(history: list, groups: list, injected: list[Injected], interv
         rank0 = [(t, step, loss) for t, rank, step, loss, _ in history if rank == 0]
         mttr_s, steps_lost = recovery(rank0, item.injected_s, item.at_step, end_s)
         rows.append({**row, "detected": True, "detection_s": None, "restart_s": restart - item.injected_s,
-                     "mttr_s": mttr_s, "steps_lost": steps_lost})
+                     "mttr_s": mttr_s, "steps_lost": steps_lost, "downtime_s": downtime(rank0, item.injected_s, end_s)})
     return rows
 
 

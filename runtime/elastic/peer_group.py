@@ -113,6 +113,12 @@ class Rendezvous:
         if self._supervisor is not None:
             self._supervisor.peer_group_formed.remote(epoch, sorted(members))
 
+    async def reset(self) -> None:
+        """A new worker group starts: forget the previous group's dead ranks and half-formed epoch."""
+        async with self._changed:
+            self._dead.clear()
+            self._joined.clear()
+
     def has_joiners(self) -> bool:
         """True when some rank waits for the next epoch (a replacement is ready)."""
         return bool(self._joined)

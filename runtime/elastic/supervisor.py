@@ -23,6 +23,7 @@ from typing import Any
 import ray
 
 from runtime import metrics
+from runtime.elastic.in_place import InPlaceRecovery
 from runtime.elastic.placement import Placement, PlacementConfig
 from runtime.elastic.records import ElasticResult, FaultRecord
 from runtime.elastic.tiers import T0, T1, T2, T3, T4, TIER_NAMES, TierPolicy, TierPolicyConfig
@@ -44,6 +45,7 @@ _DUPLICATE_WINDOW_S = 10.0
 _COLLATERAL_MARKERS = ("gloo", "Connection closed", "Connection reset", "NCCL", "ProcessGroup", "Broken pipe")
 _COLLATERAL_GRACE_S = 0.5
 _RESTART_TIMEOUT_S = 120.0
+_ABORT_GRACE_S = 10.0
 
 
 @dataclass(kw_only=True, slots=True)
@@ -68,8 +70,9 @@ class ElasticConfig:
     spread: bool = False  # True: one worker per node (SPREAD; the node is the failure domain); False: PACK
     no_progress_limit: int = 2
     # True: a dead or killed rank is replaced alone and the survivors re-form the process group around
-    # it with their live state (runtime.elastic.peer_group; the loop must call PeerGroup.form). T2/T3
-    # still restart the whole group on a new placement.
+    # it with their live state (runtime.elastic.peer_group; the loop must call PeerGroup.form); a lost
+    # node's ranks too. T2/T3 on a live node restart the whole group on a new placement
+    # (runtime.elastic.in_place).
     in_place_recovery: bool = False
 
     def __post_init__(self) -> None:
@@ -86,7 +89,7 @@ class ElasticConfig:
 
 
 @ray.remote(num_cpus=0, max_concurrency=32)
-class ElasticSupervisor:
+class ElasticSupervisor(InPlaceRecovery):
     def __init__(self, train_loop_per_worker: Callable[[dict], Any], train_loop_config: dict, config: ElasticConfig):
         self._loop, self._loop_config, self._config = train_loop_per_worker, train_loop_config, config
         self._lock = threading.RLock()
@@ -103,6 +106,10 @@ class ElasticSupervisor:
         self._controller: Any = None
         self._rendezvous: Any = None  # peer_group.Rendezvous of the current attempt (in-place recovery)
         self._peer_ranks: list[int] = []  # ranks of the latest in-place process group
+        self._awaiting_replacement: set[int] = set()  # in-place: ranks of a lost node not replaced yet
+        self._whole_restart_pending = False  # in-place: the next failure restarts every rank (new placement)
+        self._last_decision_s = 0.0
+        self._selector_takes_spares = False
         self._workers: list[dict] = []  # current group: {"rank", "node_id", "pid"}
         self._group_size = 0
         self._generation = 0
@@ -195,7 +202,7 @@ class ElasticSupervisor:
             torch_config=torch_config,
             scaling_config=ScalingConfig(
                 num_workers=num_workers, resources_per_worker=dict(config.resources_per_worker),
-                placement_strategy="SPREAD" if config.spread else "PACK",
+                placement_strategy="STRICT_SPREAD" if config.spread else "PACK",
                 elastic_resize_monitor_interval_s=1e9),
             run_config=RunConfig(
                 name=f"{config.name}-{attempt}", storage_path=os.path.join(config.checkpoint_dir, "ray_train"),
@@ -226,8 +233,13 @@ class ElasticSupervisor:
                 controller.abort.remote()
 
     def placement_label_selector(self, num_workers: int) -> dict:
+        if self._config.in_place_recovery:
+            self.reset_rendezvous()
         with self._lock:
-            return self._placement.label_selector(num_workers, self._config.spread)
+            selector = self._placement.label_selector(num_workers, self._config.spread)
+            role = selector.get(self._config.role_label or "", "")
+            self._selector_takes_spares = not role or any(r in role for r in self._placement.config.spare_roles)
+            return selector
 
     def register_workers(self, workers: list[dict], attempt: int | None = None) -> None:
         with self._lock:
@@ -236,41 +248,13 @@ class ElasticSupervisor:
             self._retired_pids.update(w["pid"] for w in self._workers)
             self._workers = workers
             self._restarting = False
+            self._whole_restart_pending, self._awaiting_replacement = False, set()
             self._generation += 1
             self._progress.reset()
             self._nodes_history.append([worker["node_id"] for worker in workers])
             self._watch_worker_pids()
         logger.info("worker group %d: %s", self._generation, workers)
         metrics.gauge("strata_elastic_workers_count", "training workers in the current group").set(len(workers))
-
-    def replace_workers(self, workers: list[dict], attempt: int | None = None) -> None:
-        """Ray Train replaced these ranks alone (in-place recovery); the others kept running."""
-        with self._lock:
-            if attempt is not None and attempt != self._attempt:
-                return
-            by_rank = {worker["rank"]: worker for worker in self._workers}
-            for worker in workers:
-                if worker["rank"] in by_rank:
-                    self._retired_pids.add(by_rank[worker["rank"]]["pid"])
-                by_rank[worker["rank"]] = worker
-            self._workers = [by_rank[rank] for rank in sorted(by_rank)]
-            self._nodes_history.append([worker["node_id"] for worker in self._workers])
-            self._watch_worker_pids()
-        logger.info("worker group %d: replaced in place %s", self._generation, workers)
-
-    def peer_group_formed(self, epoch: int, ranks: list[int]) -> None:
-        """In-place recovery: the ranks formed a new process group (shrunk without a dead rank, or grown back)."""
-        with self._lock:
-            self._restarting = False
-            self._generation += 1
-            self._progress.keep_ranks(ranks)
-            self._peer_ranks = list(ranks)
-        logger.info("peer group epoch %d: ranks %s", epoch, ranks)
-
-    def _mark_dead(self, rank: int | None, pid: int | None) -> None:
-        """In-place recovery: the survivors need not wait for `rank`; they go on without it."""
-        if self._config.in_place_recovery and self._rendezvous is not None and rank is not None:
-            self._rendezvous.mark_dead.remote(rank, pid)
 
     def _watch_worker_pids(self) -> None:
         by_node: dict[str, dict[int, int]] = {}
@@ -355,6 +339,7 @@ class ElasticSupervisor:
             signature = signal.data.get("signature")
             step = signal.data.get("step") if signal.data.get("step") is not None else self._last_step
             decision = self._policy.decide(signal, step, signature)
+            self._last_decision_s = detected_s
             record = FaultRecord(
                 signal=signal.source, fault_class=signal.fault_class, tier=decision.tier, reason=decision.reason,
                 node_id=signal.node_id, rank=signal.rank, observed_s=signal.observed_s, detected_s=signal.detected_s,
@@ -387,12 +372,19 @@ class ElasticSupervisor:
             self._placement.cordon(node_id, f"{signal.fault_class}: {record.reason}")
             self._ray_source.ignore_drain(node_id)
         train, spare = self._placement.capacity(self._config.spread)
+        if self._config.in_place_recovery and tier == T3 and signal.fault_class == FaultClass.NODE_LOSS:
+            self._enact_in_place(tier, signal, node_id)  # survivors go on; the lost ranks come back or we resize
+            return
         if tier == T3 and train + spare < self._group_size:
+            if self._config.in_place_recovery:
+                # SIGKILL first: Ray Train's abort gives each worker 5 s to shut down, and a hung one
+                # (XID 79) takes all of them. The abort follows before a replacement can be placed.
+                self._kill_workers(node_id=node_id, rank=None)
+                self._resize(train + spare, f"shrink after losing node {node_id}")
+                return
             self._resize(train + spare, f"shrink after losing node {node_id}")
         elif self._config.in_place_recovery and tier in (T2, T3):
-            # In-place mode replaces dead ranks into their old placement bundles; a new placement (GPU
-            # quarantined, node cordoned, spare taken) needs a new attempt with the new label selector.
-            self._resize(self._target_size(), f"{tier}: new placement without node {(node_id or '')[:8]}")
+            self._enact_in_place(tier, signal, node_id)
             return
         if tier == T1 and signal.fault_class in (FaultClass.PROCESS_DEATH, FaultClass.WORKER_ERROR):
             self._mark_dead(signal.rank, signal.pid)
@@ -404,26 +396,6 @@ class ElasticSupervisor:
                 self._kill_hung_ranks()
                 return
             self._kill_workers(node_id=None if by_rank else node_id, rank=signal.rank if by_rank else 0)
-
-    def _kill_hung_ranks(self) -> None:
-        """In-place recovery replaces only the killed ranks, so a hang must kill the rank that hangs.
-
-        Every rank stops stepping when one hangs (the others wait in its collective), so the heartbeat
-        alone cannot say which; a stopped process can (SIGSTOP, a debugger). Otherwise all ranks go.
-        """
-        statuses = {}
-        for worker in self._workers:
-            agent = self._agents.get(worker["node_id"])
-            if agent is not None:
-                statuses[worker["rank"]] = agent.process_status.remote(worker["pid"])
-        try:
-            stopped = [rank for rank, ref in statuses.items() if ray.get(ref, timeout=2.0) == "stopped"]
-        except Exception:  # an agent that does not answer: fall back to the whole group
-            stopped = []
-        for worker in self._workers:
-            if not stopped or worker["rank"] in stopped:
-                self._kill_workers(node_id=None, rank=worker["rank"])
-        logger.warning("hang: killing rank(s) %s", stopped or "all")
 
     def _kill_workers(self, node_id: str | None, rank: int | None) -> None:
         """SIGKILL the faulty rank (or every rank on the node) so Ray Train restarts the group now."""
@@ -445,8 +417,7 @@ class ElasticSupervisor:
         logger.warning("resizing worker group %d -> %d (%s)", self._group_size, size, why)
         self._resize_to = size
         self._retired_pids.update(w["pid"] for w in self._workers)
-        if self._controller is not None:
-            self._controller.abort.remote()
+        self._abort_controller()
 
     def _on_node_added(self, node_id: str) -> None:
         with self._lock:
@@ -458,8 +429,25 @@ class ElasticSupervisor:
     def _stop(self, report: str) -> None:
         self._stop_report = f"training stopped at step {self._last_step}: {report}"
         logger.error(self._stop_report)
-        if self._controller is not None:
-            self._controller.abort.remote()
+        self._abort_controller()
+
+    def _abort_controller(self) -> None:
+        """Abort the running attempt's controller; kill it if it is stuck (e.g. waiting for a worker that
+        cannot be placed) and has not aborted within _ABORT_GRACE_S."""
+        controller = self._controller
+        if controller is None:
+            return
+        controller.abort.remote()
+
+        def kill_if_stuck() -> None:
+            time.sleep(_ABORT_GRACE_S)
+            with self._lock:
+                stuck = self._controller is controller and self._running
+            if stuck:
+                logger.warning("Ray Train controller did not abort within %.0f s; killing it", _ABORT_GRACE_S)
+                ray.kill(controller)
+
+        threading.Thread(target=kill_if_stuck, name="abort-watchdog", daemon=True).start()
 
     def request_stop(self, reason: str) -> None:
         """End the run from outside (a time-boxed drill, an operator); recorded as a stop with `reason`."""

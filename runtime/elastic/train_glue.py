@@ -49,6 +49,15 @@ class SupervisorCallback(ControllerCallback, WorkerGroupCallback, ReplicaGroupCa
         ]
         ray.get(self._supervisor.register_workers.remote(workers, self._attempt))
 
+    def after_worker_group_poll_status(self, worker_group_status: Any) -> None:
+        """In-place recovery: a failed rank is normally replaced alone. When the supervisor decided on a
+        new placement (T2/T3 on a live node), drop the rank -> replica-group map from this poll so the
+        controller restarts the whole group instead (with a new label selector, same controller)."""
+        if not worker_group_status.errors or worker_group_status.worker_rank_to_replica_group_rank is None:
+            return
+        if ray.get(self._supervisor.wants_whole_group_restart.remote(self._attempt), timeout=10):
+            object.__setattr__(worker_group_status, "worker_rank_to_replica_group_rank", None)  # frozen dataclass
+
     def after_replica_group_start(self, replica_group: Any) -> None:
         """In-place recovery: Ray Train replaced only these workers (one rank each)."""
         workers = [
