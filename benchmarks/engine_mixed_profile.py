@@ -83,8 +83,14 @@ def kernel_report() -> list[str]:
 
     with torch.inference_mode():
         k_ms, g_ms = median_ms(kernel), median_ms(gather)
-        lines.append(f"decode attention, 64 seqs x {int(lens.float().mean())} tokens avg, 12 layers: "
+        lines.append(f"decode attention, 64 seqs x {int(lens.float().mean())} tokens avg, 12 layers, blocks scattered: "
                      f"in-place kernel {k_ms:.1f} ms, gather path {g_ms:.1f} ms ({g_ms / k_ms:.2f}x)")
+        scattered = tables.clone()
+        tables.copy_(torch.arange(tables.numel()).view_as(tables))  # each sequence's blocks consecutive
+        k_ms, g_ms = median_ms(kernel), median_ms(gather)
+        lines.append(f"  same, each sequence's blocks consecutive: in-place kernel {k_ms:.1f} ms, gather path "
+                     f"{g_ms:.1f} ms ({g_ms / k_ms:.2f}x)")
+        tables.copy_(scattered)
         if gemm is not None:
             a, b, both = median_ms(kernel), median_ms(gemms), median_ms(interleaved)
             lines.append(f"numba layer {paged_decode.numba.threading_layer()}: kernel {a:.1f} + 12 GEMMs {b:.1f} = "
