@@ -247,6 +247,8 @@ class ElasticSupervisor(InPlaceRecovery):
                 return  # a worker group of an attempt being aborted (resize)
             self._retired_pids.update(w["pid"] for w in self._workers)
             self._workers = workers
+            # a new group starts whole (a loop of one rank forms no peer group that would say so)
+            self._peer_ranks = sorted(worker["rank"] for worker in workers)
             self._restarting = False
             self._whole_restart_pending, self._awaiting_replacement = False, set()
             self._generation += 1
