@@ -46,6 +46,11 @@ _PEER_FAILURE_MARKERS = ("Connection closed", "Connection reset", "Broken pipe",
                          "Timed out", "timed out", "DistNetworkError", "DistStoreError", "NCCL")
 
 
+class RunFinished(Exception):
+    """Raised by PeerGroup.form in a replacement that arrives after the others finished training:
+    there is nobody left to join, and nothing left to do (the loop wrapper returns normally)."""
+
+
 class _PeerGroupBackend(_TorchBackend):
     """Each worker its own replica group; the loop forms the cross-rank process group itself."""
 
@@ -79,18 +84,30 @@ class Rendezvous:
         self._dead: set[int] = set()
         self._formed: dict[int, dict[int, int]] = {}
         self._stores: dict[int, tuple[str, int]] = {}
+        self._finished = False  # some rank completed training: later joiners have nobody to wait for
         self._changed = asyncio.Condition()
 
     async def join(self, rank: int, world_size: int, step: int, pid: int) -> tuple[int, dict[int, int]]:
-        """Block until the epoch forms; returns (epoch, {member rank: step})."""
+        """Block until the epoch forms; returns (epoch, {member rank: step}), or (-1, {}) once the run
+        has finished (a rank completed training) and the epoch can no longer form."""
         async with self._changed:
+            if self._finished:
+                return -1, {}
             self._world_size = world_size
             epoch = self._epoch
             self._joined[rank], self._pids[rank] = step, pid
             self._dead.discard(rank)  # a replacement (or a survivor) of this rank is alive
             self._maybe_form()
-            await self._changed.wait_for(lambda: self._epoch > epoch)
-            return epoch, self._formed[epoch]
+            await self._changed.wait_for(lambda: self._epoch > epoch or self._finished)
+            if self._epoch > epoch:
+                return epoch, self._formed[epoch]
+            return -1, {}
+
+    async def finish(self) -> None:
+        """A rank completed training: release every rank still waiting to join (RunFinished)."""
+        async with self._changed:
+            self._finished = True
+            self._changed.notify_all()
 
     async def mark_dead(self, rank: int, pid: int | None = None) -> None:
         """The supervisor saw `rank` die (or killed it): the next epoch forms without it."""
@@ -169,6 +186,8 @@ class PeerGroup:
         reported = step if state is not None else -1  # only a rank holding state can be a source
         epoch, steps = ray.get(self.rendezvous.join.remote(self.rank, self.world_size, reported, os.getpid()),
                                timeout=self.timeout_s)
+        if epoch < 0:
+            raise RunFinished(f"rank {self.rank}: the other ranks finished training before this one joined")
         members = sorted(steps)
         self.group_rank, self.group_size = members.index(self.rank), len(members)
         if dist.is_initialized():

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 
 from runtime import metrics
+from runtime.elastic.capacity import Capacity
 from runtime.elastic.in_place import InPlaceRecovery
 from runtime.elastic.placement import Placement, PlacementConfig
 from runtime.elastic.records import ElasticResult, FaultRecord
@@ -45,7 +46,6 @@ _DUPLICATE_WINDOW_S = 10.0
 _COLLATERAL_MARKERS = ("gloo", "Connection closed", "Connection reset", "NCCL", "ProcessGroup", "Broken pipe")
 _COLLATERAL_GRACE_S = 0.5
 _RESTART_TIMEOUT_S = 120.0
-_ABORT_GRACE_S = 10.0
 
 
 @dataclass(kw_only=True, slots=True)
@@ -89,7 +89,7 @@ class ElasticConfig:
 
 
 @ray.remote(num_cpus=0, max_concurrency=32)
-class ElasticSupervisor(InPlaceRecovery):
+class ElasticSupervisor(Capacity, InPlaceRecovery):
     def __init__(self, train_loop_per_worker: Callable[[dict], Any], train_loop_config: dict, config: ElasticConfig):
         self._loop, self._loop_config, self._config = train_loop_per_worker, train_loop_config, config
         self._lock = threading.RLock()
@@ -110,6 +110,7 @@ class ElasticSupervisor(InPlaceRecovery):
         self._whole_restart_pending = False  # in-place: the next failure restarts every rank (new placement)
         self._last_decision_s = 0.0
         self._selector_takes_spares = False
+        self._grow_after_recovery = False  # a node joined during a recovery; grow once it has resumed
         self._workers: list[dict] = []  # current group: {"rank", "node_id", "pid"}
         self._group_size = 0
         self._generation = 0
@@ -210,18 +211,6 @@ class ElasticSupervisor(InPlaceRecovery):
                 callbacks=[SupervisorCallback(self._self, attempt)]),
         )
 
-    def _target_size(self) -> int:
-        train, spare = self._placement.capacity(self._config.spread)
-        return min(self._config.max_workers, train + spare)
-
-    def _wait_for_capacity(self) -> int:
-        deadline = time.monotonic() + self._config.capacity_wait_s
-        size = self._target_size()
-        while size < self._config.min_workers and time.monotonic() < deadline and self._stop_report is None:
-            time.sleep(0.5)
-            size = self._target_size()
-        return size
-
     # -- called by Ray Train's controller (SupervisorCallback) ----------------------------------------
     def register_controller(self, controller: Any, attempt: int | None = None) -> None:
         with self._lock:
@@ -289,6 +278,9 @@ class ElasticSupervisor(InPlaceRecovery):
                     logger.info("recovered from %s (%s) in %.2f s at step %d", record.fault_class, record.tier,
                                 record.mttr_s, beat.step)
                 self._recovering = []
+                if self._grow_after_recovery:
+                    self._grow_after_recovery = False
+                    threading.Thread(target=self._grow_if_capacity, name="grow-back", daemon=True).start()
 
     def worker_event(self, *, rank: int, fault_class: str, detail: str, step: int | None, signature: str | None,
                      pid: int | None, node_id: str | None, time_s: float | None) -> None:
@@ -411,45 +403,6 @@ class ElasticSupervisor(InPlaceRecovery):
 
     def _node_of_rank(self, rank: int | None) -> str | None:
         return next((w["node_id"] for w in self._workers if w["rank"] == rank), None)
-
-    def _resize(self, size: int, why: str) -> None:
-        if size < self._config.min_workers:
-            self._stop(f"{why}: {size} healthy worker slots left, min_workers={self._config.min_workers}")
-            return
-        logger.warning("resizing worker group %d -> %d (%s)", self._group_size, size, why)
-        self._resize_to = size
-        self._retired_pids.update(w["pid"] for w in self._workers)
-        self._abort_controller()
-
-    def _on_node_added(self, node_id: str) -> None:
-        with self._lock:
-            if node_id not in self._agents:
-                self._agents.update(start_agents(self._agent_config(), sink=self._self, node_ids=[node_id]))
-            if self._stop_report is None and self._target_size() > self._group_size and not self._recovering:
-                self._resize(self._target_size(), f"grow: node {node_id[:8]} joined")
-
-    def _stop(self, report: str) -> None:
-        self._stop_report = f"training stopped at step {self._last_step}: {report}"
-        logger.error(self._stop_report)
-        self._abort_controller()
-
-    def _abort_controller(self) -> None:
-        """Abort the running attempt's controller; kill it if it is stuck (e.g. waiting for a worker that
-        cannot be placed) and has not aborted within _ABORT_GRACE_S."""
-        controller = self._controller
-        if controller is None:
-            return
-        controller.abort.remote()
-
-        def kill_if_stuck() -> None:
-            time.sleep(_ABORT_GRACE_S)
-            with self._lock:
-                stuck = self._controller is controller and self._running
-            if stuck:
-                logger.warning("Ray Train controller did not abort within %.0f s; killing it", _ABORT_GRACE_S)
-                ray.kill(controller)
-
-        threading.Thread(target=kill_if_stuck, name="abort-watchdog", daemon=True).start()
 
     def request_stop(self, reason: str) -> None:
         """End the run from outside (a time-boxed drill, an operator); recorded as a stop with `reason`."""

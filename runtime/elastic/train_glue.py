@@ -85,6 +85,8 @@ def supervised_loop(
         try:
             result = train_loop_per_worker(config)
         except Exception as error:
+            if rendezvous is not None and isinstance(error, peer_group.RunFinished):
+                return None  # a replacement that came too late: the others finished the run
             context = ray.train.get_context()
             frames = traceback.extract_tb(error.__traceback__)
             where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
@@ -94,6 +96,8 @@ def supervised_loop(
                 detail="".join(traceback.format_exception(error))[-2000:], step=progress.last_step(),
                 signature=signature, pid=None, node_id=None, time_s=None), timeout=10)
             raise
+        if rendezvous is not None:
+            rendezvous.finish.remote()  # a replacement still on its way must not wait for this rank
         ray.get(supervisor.worker_done.remote(ray.train.get_context().get_world_rank()), timeout=10)
         return result
 
