@@ -208,7 +208,7 @@ class ElasticSupervisor(Capacity, InPlaceRecovery):
             run_config=RunConfig(
                 name=f"{config.name}-{attempt}", storage_path=os.path.join(config.checkpoint_dir, "ray_train"),
                 failure_config=FailureConfig(max_failures=config.max_restarts),
-                callbacks=[SupervisorCallback(self._self, attempt)]),
+                callbacks=[SupervisorCallback(self._self, attempt, in_place=config.in_place_recovery)]),
         )
 
     # -- called by Ray Train's controller (SupervisorCallback) ----------------------------------------

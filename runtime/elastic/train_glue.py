@@ -31,9 +31,10 @@ from runtime.health.taxonomy import FaultClass
 class SupervisorCallback(ControllerCallback, WorkerGroupCallback, ReplicaGroupCallback):
     """Runs inside Ray Train's controller actor; forwards to the supervisor actor."""
 
-    def __init__(self, supervisor: Any, attempt: int | None = None):
+    def __init__(self, supervisor: Any, attempt: int | None = None, in_place: bool = False):
         self._supervisor = supervisor
         self._attempt = attempt
+        self._in_place = in_place  # the supervisor runs in-place recovery (replica groups)
 
     def after_controller_start(self, train_run_context: Any) -> None:
         controller = ray.get_runtime_context().current_actor
@@ -53,7 +54,9 @@ class SupervisorCallback(ControllerCallback, WorkerGroupCallback, ReplicaGroupCa
         """In-place recovery: a failed rank is normally replaced alone. When the supervisor decided on a
         new placement (T2/T3 on a live node), drop the rank -> replica-group map from this poll so the
         controller restarts the whole group instead (with a new label selector, same controller)."""
-        if not worker_group_status.errors or worker_group_status.worker_rank_to_replica_group_rank is None:
+        if not self._in_place or not worker_group_status.errors:
+            return
+        if worker_group_status.worker_rank_to_replica_group_rank is None:
             return
         if ray.get(self._supervisor.wants_whole_group_restart.remote(self._attempt), timeout=10):
             object.__setattr__(worker_group_status, "worker_rank_to_replica_group_rank", None)  # frozen dataclass
