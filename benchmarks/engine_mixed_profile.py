@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 
+from benchmarks.engine_throughput import median_time
+
 
 def median_ms(fn, repeats: int = 9) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
+    return 1e3 * median_time(fn, repeats)
 
 
 def int8_linear_ms(layer, packed, x: torch.Tensor) -> tuple[float, float, float, float]:
