@@ -374,9 +374,9 @@ class ElasticSupervisor(Capacity, InPlaceRecovery):
                 # SIGKILL first: Ray Train's abort gives each worker 5 s to shut down, and a hung one
                 # (XID 79) takes all of them. The abort follows before a replacement can be placed.
                 self._kill_workers(node_id=node_id, rank=None)
-                self._resize(train + spare, f"shrink after losing node {node_id}")
-                return
             self._resize(train + spare, f"shrink after losing node {node_id}")
+            if self._config.in_place_recovery:
+                return
         elif self._config.in_place_recovery and tier in (T2, T3):
             self._enact_in_place(tier, signal, node_id)
             return

@@ -102,7 +102,7 @@ class Int8Linear:
     - M >= 16 (batched decode, prefill): the int8 weight converted (exactly: |q| <= 127) into a reused
       bf16 scratch, a chunk of rows at a time so the chunk is still in cache when the oneDNN bf16 GEMM
       (AVX512-BF16) reads it, the per-channel scale applied to the fp32 output. At M = 64 this is ~2x
-      both the int8 kernel and the packed fp32 GEMM here (see benchmarks/results/engine_int8_linear.txt).
+      both the int8 kernel and the packed fp32 GEMM here (see benchmarks/results/engine_mixed_kernels.txt).
     The weight stays int8 (-75% memory); the scratch is one buffer per thread of at most
     INT8_SCRATCH_ELEMENTS bf16 values. Elsewhere the weight is dequantized per call."""
 
