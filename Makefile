@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - venv + install, then the platform's main job on an embedded local Ray cluster
-#   make test   - venv + install with dev extras, lint, then the whole test suite
+#   make test   - venv + install with dev extras, lint, then the whole test suite (what CI runs)
+#   make test-fast - the unit tests only (no slow or multi-node tests): a developer's inner loop
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,11 +9,11 @@ STAMP := $(VENV)/.strata-installed
 # Debian packages the robot simulator needs for offscreen rendering (Mesa EGL; MUJOCO_GL=egl).
 DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2
 
-.PHONY: demo test lint install system-deps bench clean
+.PHONY: demo test test-fast lint install system-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -c constraints.txt -e ".[robot,dev]"
 	touch $(STAMP)
 
@@ -34,6 +35,9 @@ lint: $(STAMP)
 
 test: install lint
 	$(PY) -m pytest -q --durations=25
+
+test-fast: install lint
+	$(PY) -m pytest -q -m "not slow and not multinode" --durations=10
 
 bench: install
 	for name in engine_throughput serve_load fault_drill pointcloud_ops; do $(PY) -m benchmarks.$$name --quick || exit 1; done

@@ -164,7 +164,7 @@ class PDDecodeServer(LLMServer):
         response = self.prefill_server.prefill.remote(request)
         try:
             return await asyncio.wait_for(response, timeout=self.kv_config.prefill_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             response.cancel()
             reason = "timeout"
         except asyncio.CancelledError:
