@@ -8,11 +8,14 @@ cluster is shut down (a driver connects to one cluster at a time) and `ray_local
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import ray
-from helpers.ray_clusters import MULTINODE_HEAD, MULTINODE_WORKERS, forget_serve_client, start_local_ray
+from helpers.ray_clusters import (
+    MULTINODE_WORKERS,
+    start_local_ray,
+    start_multinode_cluster,
+    stop_multinode_cluster,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,24 +47,9 @@ def multinode_cluster():
     Module-scoped: share it across a test module's multi-node tests. Tests may add or remove nodes
     (`cluster.add_node(**MULTINODE_WORKERS[0])`, `cluster.remove_node(node)`).
     """
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    forget_serve_client()
-    os.environ.pop("RAY_ADDRESS", None)
-    cluster = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={**MULTINODE_HEAD, "include_dashboard": False, "object_store_memory": 256 * 1024**2},
-    )
-    for spec in MULTINODE_WORKERS:
-        cluster.add_node(**spec, object_store_memory=256 * 1024**2)
-    cluster.wait_for_nodes()
+    cluster = start_multinode_cluster(MULTINODE_WORKERS)
     yield cluster
-    ray.shutdown()
-    forget_serve_client()
-    cluster.shutdown()
+    stop_multinode_cluster(cluster)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -28,13 +28,19 @@ class Injected:
 
 def wait_for_step(supervisor: Any, step: int, timeout_s: float = 300.0) -> dict:
     """Block until the run reports `step` (or stops); returns the supervisor status."""
+    return wait_for_status(supervisor, lambda status: status["step"] >= step and status["recovering"] == 0,
+                           f"step {step}", timeout_s)
+
+
+def wait_for_status(supervisor: Any, condition: Callable[[dict], bool], what: str, timeout_s: float = 300.0) -> dict:
+    """Block until the supervisor's status satisfies `condition` (or the run stops); returns that status."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = ray.get(supervisor.status.remote())
-        if status["step"] >= step and status["recovering"] == 0 or status["stopped"]:
+        if condition(status) or status["stopped"]:
             return status
         if time.monotonic() > deadline:
-            raise TimeoutError(f"run did not reach step {step} within {timeout_s} s: {status}")
+            raise TimeoutError(f"run did not reach {what} within {timeout_s} s: {status}")
         time.sleep(0.1)
 
 

@@ -21,6 +21,7 @@ MULTINODE_WORKERS = [
     {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_train": 1}, "labels": {"strata.io/role": "train"}},
     {"num_cpus": 2, "resources": {"fake_gpu": 2, "role_spare": 1}, "labels": {"strata.io/role": "spare"}},
 ]
+MULTINODE_OBJECT_STORE_BYTES = 256 * 1024**2
 
 
 def forget_serve_client() -> None:
@@ -44,3 +45,29 @@ def start_local_ray() -> None:
         log_to_driver=True,
         namespace="strata-tests",
     )
+
+
+def start_multinode_cluster(workers: list[dict]):
+    """A `ray.cluster_utils.Cluster`: the head plus one raylet per spec in `workers`; the driver is
+    connected (the session's local cluster is shut down first: a driver joins one cluster at a time)."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    forget_serve_client()
+    os.environ.pop("RAY_ADDRESS", None)
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={**MULTINODE_HEAD, "include_dashboard": False, "object_store_memory": MULTINODE_OBJECT_STORE_BYTES},
+    )
+    for spec in workers:
+        cluster.add_node(**spec, object_store_memory=MULTINODE_OBJECT_STORE_BYTES)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def stop_multinode_cluster(cluster) -> None:
+    ray.shutdown()
+    forget_serve_client()
+    cluster.shutdown()

@@ -1,8 +1,8 @@
 """The ElasticSupervisor on the multi-node fixture: faults are detected, tiered, healed; bugs stop the run.
 
 One supervised run takes a schedule of faults (hang, corrupt checkpoint + kill, thermal throttle,
-XID 48, XID 79); shorter runs cover node loss (shrink, then grow back) and the stop cases
-(deterministic bug, full disk).
+XID 48, XID 79); shorter runs cover the stop cases (deterministic bug, full disk). Node loss (shrink,
+then grow back) has its own cluster layout in test_elastic_node_loss.py.
 """
 
 import os
@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from runtime import chaos
-from runtime.chaos.drill import Injection, run_schedule, wait_for_step
+from runtime.chaos.drill import Injection, run_schedule
 from runtime.chaos.toy_train import toy_train_loop
 from runtime.elastic import ElasticConfig, start_supervisor
 from runtime.elastic.tiers import T0, T1, T2, T3, T4
@@ -100,34 +100,3 @@ def test_full_checkpoint_disk_stops_with_a_report(multinode_cluster, tmp_path):
     assert result.stopped and [record.fault_class for record in result.faults] == ["disk_full"]
     assert "disk_full" in result.report and result.final_step < 400
     assert os.path.exists(tmp_path / ".strata_disk_full")
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "timing-dependent on a loaded 2-core machine: the spare is sometimes taken instead of shrinking, and a "
-    "worker of the shrunk group is sometimes reported dead during grow-back (open in issue #4)"))
-def test_node_loss_shrinks_then_grows_back(multinode_cluster, tmp_path):
-    from helpers.ray_clusters import MULTINODE_WORKERS
-
-    supervisor = start_supervisor(toy_train_loop, _loop_config(tmp_path, max_steps=70), _config(tmp_path))
-    run = supervisor.run.remote()
-
-    def lose_node_then_replace() -> float:
-        injected_s = chaos.remove_worker_node(multinode_cluster, supervisor, 0)
-        wait_for_step(supervisor, ray.get(supervisor.status.remote())["step"] + 5, timeout_s=120)
-        multinode_cluster.add_node(**MULTINODE_WORKERS[0], object_store_memory=256 * 1024**2)  # capacity returns
-        return injected_s
-
-    run_schedule(supervisor, [Injection(at_step=10, name="node_loss", inject=lose_node_then_replace)], timeout_s=240)
-    result = ray.get(run, timeout=300)
-    ray.kill(supervisor)
-    assert result.finished and result.final_step == 70
-    acted = [(record.fault_class, record.tier) for record in result.faults]
-    # The node loss is answered by T3. Under load a worker of the shrunk group is sometimes reported dead
-    # while the group grows back (known gap, see the issue note); tolerate only that, as a T1 restart.
-    assert acted[0] == ("node_loss", T3), acted
-    assert all(entry in {("process_death", T1), ("worker_error", T1)} for entry in acted[1:]), acted
-    assert len(acted) <= 2, acted
-    sizes = [len(nodes) for nodes in result.worker_nodes_history]
-    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2, result.worker_nodes_history
-    lost = result.worker_nodes_history[0][0]
-    assert all(lost not in nodes for nodes in result.worker_nodes_history[1:])
