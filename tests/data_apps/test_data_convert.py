@@ -53,7 +53,9 @@ def test_convert_mcap_quarantines_corrupt_files_and_resumes(tmp_path, ray_local,
     assert episode.column(S.POINTCLOUD_NUM_POINTS)[2].as_py() == F.NUM_POINTS
     quarantined = {Path(e["source"]).name: e for e in map(json.loads, open(dst / "quarantine/quarantine.jsonl"))}
     assert set(quarantined) == {"truncated.mcap", "garbage.mcap"}
-    assert all(e["reason"] and Path(e["copied_to"]).exists() for e in quarantined.values())
+    assert all(Path(e["copied_to"]).exists() for e in quarantined.values())
+    for name, entry in quarantined.items():  # the reason names the file and what is wrong with it
+        assert entry["reason"].startswith(f"CorruptRecordingError: {src / name}: MCAP file is truncated or corrupt ("), entry
     summary = json.loads((dst / ".strata/summary.json").read_text())
     assert summary["episodes_this_run"] == 3 and summary["points_this_run"] == 18 * F.NUM_POINTS
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from tokenizers import Tokenizer
 
+from runtime import engine
 from train_apps.lm.export import export_hf
 from train_apps.lm.model import LlamaConfig, LlamaForCausalLM
 from train_apps.lm.tokenizer import train_tokenizer
@@ -14,7 +14,6 @@ DOCS = ["def add(a, b):\n    return a + b\n", "class Point:\n    x = 1\n", "impo
 
 
 def test_engine_greedy_matches_the_trained_model(tmp_path):
-    engine = pytest.importorskip("runtime.engine")
     tokenizer_path = tmp_path / "tokenizer.json"
     train_tokenizer(DOCS, vocab_size=300).save(str(tokenizer_path))
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

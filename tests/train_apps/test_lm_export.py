@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+import transformers
 
 from train_apps.lm.export import export_hf
 from train_apps.lm.model import LlamaConfig, LlamaForCausalLM
@@ -28,7 +29,6 @@ def tokenizer_path(tmp_path_factory):
 
 @pytest.mark.parametrize("num_key_value_heads", [4, 2])
 def test_transformers_loads_export_with_matching_logits(tmp_path, tokenizer_path, num_key_value_heads):
-    transformers = pytest.importorskip("transformers")
     config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=num_key_value_heads,
                          max_position_embeddings=64)
@@ -47,7 +47,6 @@ def test_transformers_loads_export_with_matching_logits(tmp_path, tokenizer_path
 
 
 def test_tokenizer_round_trips_and_has_chat_template(tmp_path, tokenizer_path):
-    transformers = pytest.importorskip("transformers")
     config = LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
     export_hf(LlamaForCausalLM(config).state_dict(), config, tokenizer_path, str(tmp_path))
@@ -69,7 +68,6 @@ def test_tokenizer_round_trips_and_has_chat_template(tmp_path, tokenizer_path):
 
 
 def test_greedy_generation_matches_transformers(tmp_path, tokenizer_path):
-    transformers = pytest.importorskip("transformers")
     config = LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     torch.manual_seed(3)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import transformers
 
 from runtime.elastic.checkpoint import CheckpointManager
 from train_apps.lm_pretrain import export_latest, prepare_run, tiny_config, train
@@ -60,7 +61,6 @@ def test_resume_on_fewer_workers_and_other_zero_stage_is_exact(ray_local, tmp_pa
     assert resumed_state["optimizer"]["adam_step"] == straight_state["optimizer"]["adam_step"]
 
     # The exported directory loads in transformers and reproduces the final step's weights.
-    transformers = pytest.importorskip("transformers")
     output = tmp_path / "hf"
     export_latest(second, str(output))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(output)).eval()

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
+from runtime.robot.formats.errors import CorruptRecordingError
 from runtime.robot.formats.ros_messages import FrameAssembler, TopicMapping
 
 
@@ -31,14 +33,17 @@ def read_episodes(
     """`EpisodeDatasource` reader: the file's one episode, unless already committed."""
     if source in skip:
         return
-    mapping = mapping or TopicMapping.detect(topic_types(source))
-    assembler = FrameAssembler(mapping, source)
-    with open(source, "rb") as stream:
-        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
-        for schema, channel, message, decoded in reader.iter_decoded_messages(
-            topics=mapping.topics(), log_time_order=True
-        ):
-            assembler.add(channel.topic, message.log_time, decoded, schema.name)
+    try:
+        mapping = mapping or TopicMapping.detect(topic_types(source))
+        assembler = FrameAssembler(mapping, source)
+        with open(source, "rb") as stream:
+            reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+            for schema, channel, message, decoded in reader.iter_decoded_messages(
+                topics=mapping.topics(), log_time_order=True
+            ):
+                assembler.add(channel.topic, message.log_time, decoded, schema.name)
+    except McapError as error:
+        raise CorruptRecordingError(source, "MCAP", error) from error
     yield assembler.table()
 
 

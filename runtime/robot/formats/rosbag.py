@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-from rosbags.highlevel import AnyReader
+from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
+from runtime.robot.formats.errors import CorruptRecordingError
 from runtime.robot.formats.ros_messages import FrameAssembler, TopicMapping
 
 
@@ -32,15 +33,18 @@ def read_episodes(
     """`EpisodeDatasource` reader: the bag's one episode, unless already committed."""
     if source in skip:
         return
-    with _reader(source) as reader:
-        types = {connection.topic: connection.msgtype for connection in reader.connections}
-        mapping = mapping or TopicMapping.detect(types)
-        wanted = set(mapping.topics())
-        connections = [connection for connection in reader.connections if connection.topic in wanted]
-        assembler = FrameAssembler(mapping, source)
-        for connection, timestamp_ns, raw in reader.messages(connections=connections):
-            decoded = reader.deserialize(raw, connection.msgtype)
-            assembler.add(connection.topic, timestamp_ns, decoded, connection.msgtype)
+    try:
+        with _reader(source) as reader:
+            types = {connection.topic: connection.msgtype for connection in reader.connections}
+            mapping = mapping or TopicMapping.detect(types)
+            wanted = set(mapping.topics())
+            connections = [connection for connection in reader.connections if connection.topic in wanted]
+            assembler = FrameAssembler(mapping, source)
+            for connection, timestamp_ns, raw in reader.messages(connections=connections):
+                decoded = reader.deserialize(raw, connection.msgtype)
+                assembler.add(connection.topic, timestamp_ns, decoded, connection.msgtype)
+    except AnyReaderError as error:
+        raise CorruptRecordingError(source, "ROS bag", error) from error
     yield assembler.table()
 
 

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from runtime.robot import schema as S
 from runtime.robot.labeling.human import HumanLabelImporter, export_labels, label_records
@@ -42,7 +43,6 @@ def test_phase_segmentation_from_gripper_and_speed():
 
 
 def test_success_rules_and_model(tmp_path):
-    torch = pytest.importorskip("torch")
     both = pa.concat_tables([_pick_episode("a", 1.0), _pick_episode("b", 0.0)])
     labeled = SuccessLabeler(rule="reward")(both)
     by_source = {e.column(S.EPISODE_SOURCE)[0].as_py(): _labels(e, "success")[0][0] for e in S.episode_tables(labeled)}

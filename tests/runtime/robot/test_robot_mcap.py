@@ -1,9 +1,12 @@
+import re
+
 import numpy as np
 import pytest
 from fakes import robot_logs as F
 
 from runtime.robot import schema as S
 from runtime.robot.formats import mcap
+from runtime.robot.formats.errors import CorruptRecordingError
 from runtime.robot.formats.ros_messages import TopicMapping, pointcloud_array
 
 
@@ -44,7 +47,7 @@ def test_mcap_topics_are_detected_from_message_types(tmp_path):
 
 def test_truncated_mcap_raises_instead_of_returning_a_short_episode(tmp_path):
     path = F.truncate(F.write_mcap(tmp_path / "ep.mcap", num_frames=12), 0.6)
-    with pytest.raises(Exception):  # noqa: B017 - mcap raises several record errors
+    with pytest.raises(CorruptRecordingError, match=rf"^{re.escape(str(path))}: MCAP file is truncated or corrupt \("):
         list(mcap.read_episodes(str(path), mapping=TopicMapping.from_dict(F.mapping_dict())))
 
 

@@ -1,9 +1,12 @@
+import re
+
 import numpy as np
 import pytest
 from fakes import robot_logs as F
 
 from runtime.robot import schema as S
 from runtime.robot.formats import rosbag
+from runtime.robot.formats.errors import CorruptRecordingError
 from runtime.robot.formats.ros_messages import TopicMapping
 
 
@@ -26,5 +29,12 @@ def test_rosbag_episode_matches_what_was_recorded(tmp_path, ros_version):
 
 def test_truncated_ros1_bag_raises(tmp_path):
     path = F.truncate(F.write_rosbag(tmp_path / "ep.bag", 1, num_frames=8), 0.5)
-    with pytest.raises(Exception):  # noqa: B017 - rosbags raises its own reader errors
+    with pytest.raises(CorruptRecordingError, match=rf"^{re.escape(str(path))}: ROS bag file is truncated or corrupt \("):
+        list(rosbag.read_episodes(str(path), mapping=TopicMapping.from_dict(F.mapping_dict())))
+
+
+def test_truncated_ros2_bag_raises(tmp_path):
+    path = F.write_rosbag(tmp_path / "ep", 2, num_frames=8)
+    F.truncate(path / "ep.db3", 0.5)
+    with pytest.raises(CorruptRecordingError, match=rf"^{re.escape(str(path))}: ROS bag file is truncated or corrupt \("):
         list(rosbag.read_episodes(str(path), mapping=TopicMapping.from_dict(F.mapping_dict())))
