@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import ray
 
 from runtime import constants
+from runtime.placement_fit import ClusterCpus
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,38 @@ def cluster_info() -> ClusterInfo:
         num_gpus=resources.get("GPU", 0.0),
         dashboard_url=_dashboard_url(),
     )
+
+
+def cluster_cpus(embedded_flag: str | None = None) -> ClusterCpus:
+    """The connected cluster's CPUs for `placement_fit.fit_replicas`; embedded_flag is what sizes an embedded one."""
+    embedded = not os.environ.get(constants.RAY_ADDRESS)
+    return ClusterCpus(num_cpus=ray.cluster_resources().get("CPU", 0.0), embedded=embedded,
+                       max_num_cpus=autoscaling_max_cpus(),
+                       flag=(embedded_flag or f"{constants.LOCAL_NUM_CPUS_ENV}=N") if embedded else None)
+
+
+def autoscaling_max_cpus() -> float | None:
+    """CPUs an autoscaler may grow the cluster to (inf: no stated limit), or None when none can add nodes.
+
+    Two places say so in Ray 2.60: node groups reported to the GCS (KubeRay, hosted Ray; Ray Train v2
+    checks its worker group against the same numbers), and the status a v1 autoscaler started from a
+    cluster YAML (`ray up`) writes, whose node types carry the YAML's names. `ray start` and ray.init
+    run a read-only autoscaler instead: one type per existing node, named `node_<id>`, nothing to launch.
+    """
+    from ray._private import ray_constants
+    from ray._private.state import state
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    max_resources = state.get_max_resources_from_cluster_config()
+    if max_resources and max_resources.get("CPU"):
+        cpus = max_resources["CPU"]
+        return math.inf if cpus >= sys.maxsize else float(cpus)
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = json.loads(status).get("autoscaler_report") if status else None
+    node_types = (report or {}).get("node_type_mapping") or {}
+    if any(not node_type.startswith("node_") for node_type in node_types.values()):
+        return math.inf
+    return None
 
 
 def _dashboard_url() -> str | None:

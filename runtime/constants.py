@@ -47,11 +47,12 @@ def env_bool(name: str, default: bool) -> bool:
 
 # Cluster
 RAY_ADDRESS = "RAY_ADDRESS"
+LOCAL_NUM_CPUS_ENV = "STRATA_LOCAL_NUM_CPUS"
 
 
 def local_num_cpus() -> int | None:
     """CPUs for an embedded local cluster (STRATA_LOCAL_NUM_CPUS); None lets Ray detect them."""
-    value = env_int("STRATA_LOCAL_NUM_CPUS", 0)
+    value = env_int(LOCAL_NUM_CPUS_ENV, 0)
     return value or None
 
 

@@ -17,6 +17,15 @@ def test_connect_reuses_the_running_cluster(ray_local):
     assert info.embedded
 
 
+def test_cluster_cpus_of_the_embedded_cluster(ray_local, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = cluster.cluster_cpus("--num-cpus")
+    assert (cpus.num_cpus, cpus.embedded, cpus.flag) == (4, True, "--num-cpus")
+    # ray.init's autoscaler is read-only (one `node_<id>` type per node): it can add nothing.
+    assert cpus.max_num_cpus is None
+    assert cluster.cluster_cpus().flag == "STRATA_LOCAL_NUM_CPUS=N"
+
+
 def test_free_port_is_bindable():
     port = cluster.free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
