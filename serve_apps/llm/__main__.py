@@ -5,6 +5,9 @@
     ray job submit --working-dir . -- python -m serve_apps.llm --model /models/tiny --mode pd --num-prefill 1 --num-decode 2
 
 Joins RAY_ADDRESS or starts a local cluster, prints the base URL and blocks until Ctrl-C.
+Before deploying it checks the replicas against the cluster's CPUs (runtime.placement_fit): on an
+embedded cluster the default per-replica CPUs shrink to fit, a given --num-cpus-per-replica does not;
+a cluster that cannot hold them, and has no autoscaler to grow, is an error naming CPUs and flags.
 The same app from a config file: `serve run cluster_configs/serve/llm_pd.yaml`.
 """
 
@@ -13,14 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
 from ray import serve
 
-from runtime.cluster import connect
+from runtime.cluster import cluster_cpus, connect
+from runtime.placement_fit import ClusterCpus, PlacementError, fit_replicas
 from serve_apps.llm.builder import build_openai_app, build_pd_openai_app
 from serve_apps.llm.config import LLMServingArgs
+from serve_apps.llm.placement import replica_groups, with_num_cpus
+
+DEFAULT_NUM_CPUS_PER_REPLICA = 1.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-prefill", type=int, default=1)
     parser.add_argument("--num-decode", type=int, default=1)
     parser.add_argument("--num-replicas", type=int, default=1, help="colocated LLMServer replicas")
-    parser.add_argument("--num-cpus-per-replica", type=float, default=1.0)
+    parser.add_argument("--num-cpus-per-replica", type=float, default=None,
+                        help=f"CPUs per engine replica (default {DEFAULT_NUM_CPUS_PER_REPLICA:g}; on an embedded "
+                             "cluster the default shrinks to fit its CPUs, a value given here never does)")
     parser.add_argument("--quantization", choices=["int8"], default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--max-model-len", type=int, default=None)
@@ -53,7 +63,10 @@ def serving_args(args: argparse.Namespace) -> LLMServingArgs:
     for key in ("quantization", "dtype", "max_model_len"):
         if getattr(args, key) is not None:
             engine_kwargs[key] = getattr(args, key)
-    actor = {"ray_actor_options": {"num_cpus": args.num_cpus_per_replica}}
+    num_cpus = DEFAULT_NUM_CPUS_PER_REPLICA if args.num_cpus_per_replica is None else args.num_cpus_per_replica
+    if num_cpus <= 0:
+        raise ValueError(f"--num-cpus-per-replica must be > 0, got {num_cpus}")
+    actor = {"ray_actor_options": {"num_cpus": num_cpus}}
     configs = []
     for index, model_dir in enumerate(args.model):
         configs.append(
@@ -70,10 +83,23 @@ def serving_args(args: argparse.Namespace) -> LLMServingArgs:
     return LLMServingArgs(llm_configs=configs, api_key=args.api_key)
 
 
+def fitted_serving_args(args: argparse.Namespace, serving: LLMServingArgs, cluster: ClusterCpus) -> LLMServingArgs:
+    """Serving args whose replicas fit the cluster (see runtime.placement_fit); prints what was fitted."""
+    groups = replica_groups(serving, args.mode, cpu_flag="--num-cpus-per-replica",
+                            fixed=args.num_cpus_per_replica is not None)
+    fit = fit_replicas(groups, cluster)
+    print(fit.message, flush=True)
+    return with_num_cpus(serving, args.mode, fit.num_cpus)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     serving = serving_args(args)
     connect()
+    try:
+        serving = fitted_serving_args(args, serving, cluster_cpus())
+    except PlacementError as error:
+        sys.exit(f"python -m serve_apps.llm: {error}")
     serve.start(http_options={"host": args.host, "port": args.port})
     builder = build_pd_openai_app if args.mode == "pd" else build_openai_app
     serve.run(builder(serving), name=args.name, route_prefix="/")

@@ -10,22 +10,19 @@
 # validate YAML args into it.
 from typing import Any, Union
 
+import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 
+from runtime.cluster import cluster_cpus
 from serve_apps.llm.config import LLMConfig, LLMServingArgs, deployment_name, deployment_options
 from serve_apps.llm.ingress import OpenAiIngress
 from serve_apps.llm.pd_server import PDDecodeServer, PDPrefillServer
+from serve_apps.llm.placement import check_fits, ingress_options
 from serve_apps.llm.server import LLMServer
 
 ROUTING_STATS_PERIOD_S = 1.0
-INGRESS_DEFAULT_OPTIONS: dict[str, Any] = {
-    "num_replicas": 1,
-    "ray_actor_options": {"num_cpus": 0.25},
-    "max_ongoing_requests": 512,
-    "graceful_shutdown_timeout_s": 5.0,
-}
 
 
 def _router_config(router_class: str, **kwargs: Any) -> RequestRouterConfig:
@@ -36,8 +33,13 @@ def _router_config(router_class: str, **kwargs: Any) -> RequestRouterConfig:
     )
 
 
-def _validate(args: Union[LLMServingArgs, dict]) -> LLMServingArgs:
-    return args if isinstance(args, LLMServingArgs) else LLMServingArgs.model_validate(args)
+def _validate(args: Union[LLMServingArgs, dict], mode: str) -> LLMServingArgs:
+    """Args as the model; on a connected cluster (`serve run`/`serve deploy` build here too) also check
+    that the app's replicas fit its CPUs, so a too-small cluster fails the deploy instead of hanging it."""
+    args = args if isinstance(args, LLMServingArgs) else LLMServingArgs.model_validate(args)
+    if ray.is_initialized():
+        check_fits(args, mode, cluster_cpus())
+    return args
 
 
 def _max_model_len(config: LLMConfig) -> int | None:
@@ -46,7 +48,7 @@ def _max_model_len(config: LLMConfig) -> int | None:
 
 
 def _ingress(args: LLMServingArgs, servers: dict[str, Application]) -> Application:
-    options = {**INGRESS_DEFAULT_OPTIONS, **args.ingress_deployment_config}
+    options = ingress_options(args)
     lens = {c.model_id: n for c in args.llm_configs if (n := _max_model_len(c))}
     return serve.deployment(OpenAiIngress, name="OpenAiIngress", **options).bind(
         llm_deployments=servers, api_key=args.api_key, max_model_lens=lens
@@ -55,7 +57,7 @@ def _ingress(args: LLMServingArgs, servers: dict[str, Application]) -> Applicati
 
 def build_openai_app(args: LLMServingArgs) -> Application:
     """Colocated: each model is one `LLMServer:<model>` deployment whose engine prefills and decodes."""
-    args = _validate(args)
+    args = _validate(args, "colocated")
     servers = {}
     for config in args.llm_configs:
         deployment = serve.deployment(
@@ -70,7 +72,7 @@ def build_openai_app(args: LLMServingArgs) -> Application:
 
 def build_pd_openai_app(args: LLMServingArgs) -> Application:
     """Disaggregated: `Decode:<model>` replicas call `Prefill:<model>` replicas and pull their KV."""
-    args = _validate(args)
+    args = _validate(args, "pd")
     servers = {}
     for config in args.llm_configs:
         prefill = serve.deployment(

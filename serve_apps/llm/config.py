@@ -36,6 +36,12 @@ DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {
     "health_check_period_s": 2.0,
     "graceful_shutdown_timeout_s": 5.0,
 }
+INGRESS_DEFAULT_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.25},
+    "max_ongoing_requests": 512,
+    "graceful_shutdown_timeout_s": 5.0,
+}
 
 
 def _check_deployment_options(field: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -50,3 +50,35 @@ def test_cli_maps_flags_to_serving_args():
     assert serving.llm_configs[0].engine_kwargs == {"quantization": "int8"} and serving.api_key == "k"
     with pytest.raises(ValueError, match="--num-decode"):
         serving_args(parse_args(["--model", "/m/a", "--num-decode", "0"]))
+
+
+def test_cli_fits_default_replicas_into_an_embedded_cluster_and_keeps_a_given_flag():
+    from runtime.placement_fit import ClusterCpus, PlacementError
+    from serve_apps.llm.__main__ import fitted_serving_args
+
+    two_cpus = ClusterCpus(num_cpus=2, embedded=True, flag="STRATA_LOCAL_NUM_CPUS=N")
+    args = parse_args(["--model", "/m/a", "--mode", "pd", "--num-prefill", "1", "--num-decode", "1"])
+    fitted = fitted_serving_args(args, serving_args(args), two_cpus)
+    [config] = fitted.llm_configs
+    prefill, decode = config.prefill_deployment_config, config.decode_deployment_config
+    assert prefill["ray_actor_options"]["num_cpus"] == decode["ray_actor_options"]["num_cpus"] == 0.85
+    assert prefill["num_replicas"] == 1
+    assert fitted.ingress_deployment_config["ray_actor_options"]["num_cpus"] == 0.25
+    given = parse_args(["--model", "/m/a", "--model", "/m/b", "--num-cpus-per-replica", "0.5"])
+    with pytest.raises(PlacementError, match=r"need 2.25 CPUs but the embedded cluster has 2 .*--num-cpus-per-replica"):
+        fitted_serving_args(given, serving_args(given), two_cpus)
+
+
+def test_pd_yaml_too_big_for_the_cluster_fails_naming_the_yaml_fields(monkeypatch):
+    from runtime.placement_fit import ClusterCpus, PlacementError
+    from serve_apps.llm.config import LLMServingArgs
+    from serve_apps.llm.placement import check_fits
+
+    monkeypatch.setenv("STRATA_MODEL_DIR", "/models/strata-tiny")
+    args = LLMServingArgs.model_validate(yaml.safe_load(open(os.path.join(CONFIGS, "llm_pd.yaml")))
+                                         ["applications"][0]["args"])
+    assert check_fits(args, "pd", ClusterCpus(num_cpus=2, embedded=False)).message.startswith(
+        "placement: 3 replicas need 1.25 of 2 CPUs")  # the shipped YAML fits a 2-core laptop
+    for embedded in (True, False):  # the builders' check never shrinks what a YAML asks for
+        with pytest.raises(PlacementError, match=r"llm_configs\[0\]\.decode_deployment_config\.ray_actor_options"):
+            check_fits(args, "pd", ClusterCpus(num_cpus=1, embedded=embedded))
