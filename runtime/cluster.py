@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ray
 
 from runtime import constants
-from runtime.placement_fit import ClusterCpus
+from runtime.placement_fit import ClusterCpus, Fit, PlacementError, ReplicaGroup, fit_replicas
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,17 @@ def cluster_cpus(embedded_flag: str | None = None) -> ClusterCpus:
     return ClusterCpus(num_cpus=ray.cluster_resources().get("CPU", 0.0), embedded=embedded,
                        max_num_cpus=autoscaling_max_cpus(),
                        flag=(embedded_flag or f"{constants.LOCAL_NUM_CPUS_ENV}=N") if embedded else None)
+
+
+def place(groups: list[ReplicaGroup], *, prog: str, embedded_flag: str | None = None) -> Fit:
+    """An app CLI's check before it deploys: fit `groups` into the connected cluster and print what was
+    fitted (on stderr), or exit with one line naming the CPUs needed and available and the flag to change."""
+    try:
+        fit = fit_replicas(groups, cluster_cpus(embedded_flag))
+    except PlacementError as error:
+        sys.exit(f"{prog}: {error}")
+    print(fit.message, file=sys.stderr, flush=True)  # stdout stays the app's (some print JSON there)
+    return fit
 
 
 def autoscaling_max_cpus() -> float | None:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
 from ray import serve
 
-from runtime.cluster import cluster_cpus, connect
-from runtime.placement_fit import ClusterCpus, PlacementError, fit_replicas
+from runtime.cluster import connect, place
+from runtime.placement_fit import ReplicaGroup
 from serve_apps.llm.builder import build_openai_app, build_pd_openai_app
 from serve_apps.llm.config import LLMServingArgs
 from serve_apps.llm.placement import replica_groups, with_num_cpus
@@ -83,23 +82,18 @@ def serving_args(args: argparse.Namespace) -> LLMServingArgs:
     return LLMServingArgs(llm_configs=configs, api_key=args.api_key)
 
 
-def fitted_serving_args(args: argparse.Namespace, serving: LLMServingArgs, cluster: ClusterCpus) -> LLMServingArgs:
-    """Serving args whose replicas fit the cluster (see runtime.placement_fit); prints what was fitted."""
-    groups = replica_groups(serving, args.mode, cpu_flag="--num-cpus-per-replica",
-                            fixed=args.num_cpus_per_replica is not None)
-    fit = fit_replicas(groups, cluster)
-    print(fit.message, flush=True)
-    return with_num_cpus(serving, args.mode, fit.num_cpus)
+def cli_replica_groups(args: argparse.Namespace, serving: LLMServingArgs) -> list[ReplicaGroup]:
+    """The app's CPU asks; a --num-cpus-per-replica given is the user's and never shrunk."""
+    return replica_groups(serving, args.mode, cpu_flag="--num-cpus-per-replica",
+                          fixed=args.num_cpus_per_replica is not None)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     serving = serving_args(args)
     connect()
-    try:
-        serving = fitted_serving_args(args, serving, cluster_cpus())
-    except PlacementError as error:
-        sys.exit(f"python -m serve_apps.llm: {error}")
+    fit = place(cli_replica_groups(args, serving), prog="python -m serve_apps.llm")
+    serving = with_num_cpus(serving, args.mode, fit.num_cpus)
     serve.start(http_options={"host": args.host, "port": args.port})
     builder = build_pd_openai_app if args.mode == "pd" else build_openai_app
     serve.run(builder(serving), name=args.name, route_prefix="/")

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import ray
 from pydantic import BaseModel, Field
 from ray import serve
 
+from runtime.cluster import cluster_cpus
+from runtime.placement_fit import ClusterCpus, ReplicaGroup, fit_replicas
 from serve_apps.policy.app import PolicyServer
 
 DEPLOYMENT_NAME = "Policy"
@@ -22,9 +25,19 @@ class PolicyAppArgs(BaseModel):
     max_ongoing_requests: int = Field(default=256, ge=1)
 
 
+def replica_group(args: PolicyAppArgs, *, flag: str = "num_cpus", fixed: bool = True) -> ReplicaGroup:
+    """The app's replicas as a CPU ask (runtime.placement_fit); flag names what sets num_cpus."""
+    return ReplicaGroup(name=DEPLOYMENT_NAME, count=args.num_replicas, num_cpus=args.num_cpus, flag=flag, fixed=fixed)
+
+
 def build_policy_app(args: PolicyAppArgs | dict) -> serve.Application:
+    """On a connected cluster, first checks that the replicas fit its CPUs (never shrunk here)."""
     if isinstance(args, dict):
         args = PolicyAppArgs.model_validate(args)
+    if ray.is_initialized():
+        cluster = cluster_cpus()
+        fit_replicas([replica_group(args)], ClusterCpus(num_cpus=cluster.num_cpus, embedded=False,
+                                                        max_num_cpus=cluster.max_num_cpus))
     deployment = serve.deployment(
         PolicyServer,
         name=DEPLOYMENT_NAME,

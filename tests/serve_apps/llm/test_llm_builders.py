@@ -53,8 +53,12 @@ def test_cli_maps_flags_to_serving_args():
 
 
 def test_cli_fits_default_replicas_into_an_embedded_cluster_and_keeps_a_given_flag():
-    from runtime.placement_fit import ClusterCpus, PlacementError
-    from serve_apps.llm.__main__ import fitted_serving_args
+    from runtime.placement_fit import ClusterCpus, PlacementError, fit_replicas
+    from serve_apps.llm.__main__ import cli_replica_groups
+    from serve_apps.llm.placement import with_num_cpus
+
+    def fitted_serving_args(args, serving, cluster):
+        return with_num_cpus(serving, args.mode, fit_replicas(cli_replica_groups(args, serving), cluster).num_cpus)
 
     two_cpus = ClusterCpus(num_cpus=2, embedded=True, flag="STRATA_LOCAL_NUM_CPUS=N")
     args = parse_args(["--model", "/m/a", "--mode", "pd", "--num-prefill", "1", "--num-decode", "1"])
