@@ -19,7 +19,8 @@ import ray
 import ray.data
 
 from runtime import metrics
-from runtime.cluster import connect
+from runtime.cluster import connect, place
+from runtime.placement_fit import ReplicaGroup
 from runtime.robot.formats.datasource import EpisodeDatasource
 from runtime.robot.manifest import EpisodeCommitSink, EpisodeManifest, Quarantine, finalize_lerobot
 
@@ -27,9 +28,15 @@ FORMATS = ("lerobot", "mcap", "rosbag", "hdf5")
 _MIN_BLOCK_BYTES = 256 * 1024 * 1024  # one episode per block: do not let Ray Data split an episode
 
 
-def connect_cluster(num_cpus: int | None = None) -> None:
-    """Join RAY_ADDRESS when set (ray job submit), else start an embedded cluster of `num_cpus`."""
+# A pipeline makes progress once one Ray Data task (reads and writes ask for 1 CPU each) is scheduled.
+DATA_TASK = ReplicaGroup(name="Ray Data task", count=1, num_cpus=1.0, fixed=True)
+
+
+def connect_cluster(num_cpus: int | None = None, *, pipeline: str) -> None:
+    """Join RAY_ADDRESS when set (ray job submit), else start an embedded cluster of `num_cpus`; exit
+    with one line when the cluster has no CPU for a Ray Data task (it would wait forever)."""
     connect(num_cpus=num_cpus)
+    place([DATA_TASK], prog=f"python -m data_apps.{pipeline}", embedded_flag="--num-cpus")
 
 
 def setup_data_context() -> ray.data.DataContext:

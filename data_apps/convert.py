@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace):
     started_s = time.perf_counter()
-    connect_cluster(args.num_cpus)
+    connect_cluster(args.num_cpus, pipeline="convert")
     setup_data_context()
     sources = discover_sources(args.src, args.src_format)
     if not sources:

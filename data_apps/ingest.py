@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace):
     started_s = time.perf_counter()
-    connect_cluster(args.num_cpus)
+    connect_cluster(args.num_cpus, pipeline="ingest")
     setup_data_context()
     datasets = []
     for src_format in INGEST_FORMATS:

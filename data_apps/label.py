@@ -61,7 +61,7 @@ def labeling_config(args: argparse.Namespace, fps: float) -> LabelingConfig:
 
 def run(args: argparse.Namespace):
     started_s = time.perf_counter()
-    connect_cluster(args.num_cpus)
+    connect_cluster(args.num_cpus, pipeline="label")
     setup_data_context()
     fps = lerobot_read.LeRobotDataset(args.src).fps
     sources = discover_sources(args.src, "lerobot")

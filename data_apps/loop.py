@@ -12,6 +12,8 @@ twice, DAgger-style (the policy drives while the expert labels, and the expert a
 round trains on the grown dataset. A table per round, DIR/loop_report.json and the failure cases
 (DIR/evaluations/round-NN.json: seed and the simulator's final state) record the results.
 Only the apps' public entry points are used: collect(), train_policy(), deploy_policy().
+Before starting, what the loop holds at its busiest (`replica_groups`) is checked against the
+cluster's CPUs (runtime.placement_fit); --num-cpus sizes an embedded cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_apps.collect import CollectConfig, collect
-from runtime.cluster import connect, free_port
+from runtime.cluster import connect, free_port, place
+from runtime.placement_fit import ReplicaGroup
 from runtime.robot.policy.evaluation import EvalReport, evaluate_policy
 from runtime.robot.sim.env import SimConfig
 from runtime.robot.sim.label_quality import LabelQuality
@@ -52,6 +55,8 @@ class LoopConfig:
     noise_std: float = 0.1
     num_sim_workers: int = 2
     num_envs_per_worker: int = 13  # ~40 MB per env; one GL context (~125 MB) per worker
+    num_cpus_per_sim_worker: float = 0.5
+    policy_num_cpus: float = 0.5  # the Serve policy endpoint's replica
     image_size: int = 64
     supervised: bool = True
 
@@ -128,7 +133,8 @@ def run_loop(config: LoopConfig, pool: SimPool) -> list[RoundReport]:
         stage_s["train"] = time.perf_counter() - clock
         # 5. deploy (round 1) or hot-swap (later rounds) the new checkpoint.
         clock = time.perf_counter()
-        deploy_policy(PolicyAppArgs(checkpoint=trained.checkpoint), app_name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        deploy_policy(PolicyAppArgs(checkpoint=trained.checkpoint, num_cpus=config.policy_num_cpus), app_name=APP_NAME,
+                      route_prefix=ROUTE_PREFIX)
         stage_s["deploy"] = time.perf_counter() - clock
         # 6. evaluate through the deployed policy on fresh seeds.
         clock = time.perf_counter()
@@ -165,6 +171,17 @@ def run_loop(config: LoopConfig, pool: SimPool) -> list[RoundReport]:
         print(render_round(report), flush=True)
         (workdir / "loop_report.json").write_text(json.dumps([asdict(r) for r in reports], indent=2))
     return reports
+
+
+def replica_groups(config: LoopConfig) -> list[ReplicaGroup]:
+    """What holds CPUs at the loop's busiest moment, training: the sim workers and the policy endpoint
+    stay up all run; one policy_train worker and the Ray Data read it drives need a CPU each."""
+    return [
+        ReplicaGroup(name="SimWorker", count=config.num_sim_workers, num_cpus=config.num_cpus_per_sim_worker),
+        ReplicaGroup(name="Policy", count=1, num_cpus=config.policy_num_cpus),
+        ReplicaGroup(name="policy_train worker", count=1, num_cpus=1.0, fixed=True),
+        ReplicaGroup(name="Ray Data task", count=1, num_cpus=1.0, fixed=True),
+    ]
 
 
 def render_round(report: RoundReport) -> str:
@@ -225,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     started_s = time.perf_counter()
     os.makedirs(config.workdir, exist_ok=True)
     connect(num_cpus=args.num_cpus)
+    fit = place(replica_groups(config), prog="python -m data_apps.loop", embedded_flag="--num-cpus")
+    config.num_cpus_per_sim_worker, config.policy_num_cpus = fit.num_cpus["SimWorker"], fit.num_cpus["Policy"]
     from ray import serve
 
     port = args.port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     print(f"policy endpoint (after round 1): http://127.0.0.1:{port}{ROUTE_PREFIX}", flush=True)
-    pool = SimPool(SimPoolConfig(num_workers=config.num_sim_workers, num_envs_per_worker=config.num_envs_per_worker),
+    pool = SimPool(SimPoolConfig(num_workers=config.num_sim_workers, num_envs_per_worker=config.num_envs_per_worker,
+                                 num_cpus_per_worker=config.num_cpus_per_sim_worker),
                    SimConfig(image_size=config.image_size))
     try:
         reports = run_loop(config, pool)

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> PointCloudSummary:
     )
     if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
         raise ValueError(f"--output {args.output} must be empty or not exist yet")
-    connect_cluster(args.num_cpus)
+    connect_cluster(args.num_cpus, pipeline="pointcloud")
     ray.data.DataContext.get_current().enable_progress_bars = True
     if args.src == "synthetic":
         frames = synthetic_depth_frames(

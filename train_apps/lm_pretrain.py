@@ -122,6 +122,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _place_workers(args: argparse.Namespace) -> None:
+    """Check the worker group against the cluster's CPUs before Ray Train waits on it. Supervised runs
+    are elastic (ElasticConfig min_workers=1): they start with the workers that fit and grow."""
+    from runtime.cluster import cluster_cpus, place
+    from runtime.placement_fit import PlacementError, ReplicaGroup, fit_replicas
+
+    workers = ReplicaGroup(name="train worker", count=args.num_workers, num_cpus=args.threads_per_worker,
+                           flag="--num-workers or --threads-per-worker", fixed=True)
+    if args.supervised:
+        try:
+            print(fit_replicas([workers], cluster_cpus()).message, file=sys.stderr, flush=True)
+            return
+        except PlacementError:
+            workers = ReplicaGroup(name="train worker (elastic minimum)", count=1, num_cpus=args.threads_per_worker,
+                                   flag="--threads-per-worker", fixed=True)
+    place([workers], prog="python -m train_apps.lm_pretrain")
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
@@ -145,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                     **overrides)
     print(f"data ready in {time.monotonic() - started:.1f} s: {train_loop_config['data_dir']}", flush=True)
     connect(num_cpus=max(2, args.num_workers * args.threads_per_worker))
+    _place_workers(args)
     result = train(train_loop_config, num_workers=args.num_workers, supervised=args.supervised,
                    max_failures=args.max_failures)
     for fault in getattr(result, "faults", []):

@@ -18,6 +18,19 @@ def test_cli_settings():
         config_from_args(parse_args(["--workdir", "w", "--rounds", "0"]))
 
 
+def test_busiest_moment_fits_the_default_embedded_cluster_and_names_num_cpus_when_too_small():
+    from data_apps.loop import LoopConfig, parse_args, replica_groups
+    from runtime.placement_fit import ClusterCpus, PlacementError, fit_replicas
+
+    config = LoopConfig(workdir="w")
+    default = ClusterCpus(num_cpus=parse_args(["--workdir", "w"]).num_cpus, embedded=True, flag="--num-cpus")
+    assert fit_replicas(replica_groups(config), default).num_cpus["SimWorker"] == config.num_cpus_per_sim_worker
+    shrunk = fit_replicas(replica_groups(config), ClusterCpus(num_cpus=3, embedded=True, flag="--num-cpus"))
+    assert shrunk.num_cpus == {"SimWorker": 0.3, "Policy": 0.3, "policy_train worker": 1.0, "Ray Data task": 1.0}
+    with pytest.raises(PlacementError, match=r"need 3.5 CPUs but the embedded cluster has 2; .*--num-cpus"):
+        fit_replicas(replica_groups(config), ClusterCpus(num_cpus=2, embedded=True, flag="--num-cpus"))
+
+
 @pytest.mark.slow
 def test_two_rounds_grow_the_dataset_and_swap_the_policy(ray_local, tmp_path):
     from ray import serve
