@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - venv + install, then the platform's main job on an embedded local Ray cluster
 #   make test   - venv + install with dev extras, lint, then the whole test suite (what CI runs)
-#   make test-fast - the unit tests only (no slow or multi-node tests): a developer's inner loop
+#   make test-fast - the unit tests only (no Ray cluster, nothing slow): a developer's inner loop
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -37,7 +37,7 @@ test: install lint
 	$(PY) -m pytest -q --durations=25
 
 test-fast: install lint
-	$(PY) -m pytest -q -m "not slow and not multinode" --durations=10
+	$(PY) -m pytest -q -m "not slow and not multinode and not ray_cluster" --durations=10
 
 bench: install
 	for name in engine_throughput serve_load fault_drill pointcloud_ops; do $(PY) -m benchmarks.$$name --quick || exit 1; done

@@ -19,6 +19,9 @@ from helpers.ray_clusters import (
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # `make test-fast` leaves out whatever needs a Ray cluster
+        if {"ray_local", "multinode_cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray_cluster)
     try:
         import torch
 

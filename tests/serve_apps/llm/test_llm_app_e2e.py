@@ -19,6 +19,7 @@ from ray import serve
 from runtime.kv_transfer import object_store_used_bytes
 from serve_apps.llm import build_openai_app, build_pd_openai_app
 
+pytestmark = pytest.mark.ray_cluster  # its module fixtures start the session cluster (ensure_ray)
 API_KEY = "sk-test-key"
 MAX_MODEL_LEN = 512
 LONG_PROMPT = "the robot picks up the red cube and places it on the table. " * 2  # ~76 tokens: disaggregated
