@@ -23,6 +23,7 @@ from runtime.engine.sampler import Sampler, SampleRow
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.scheduler import Scheduler, SchedulerConfig
 from runtime.engine.sequence import Request, Sequence, SequenceStatus
+from runtime.engine.structured_outputs import GrammarBackend
 from runtime.engine.tokenizer import Tokenizer
 
 
@@ -41,7 +42,9 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
             enable_chunked_prefill=config.enable_chunked_prefill), self.block_manager)
-        self.sampler = Sampler(self.runner.device, config.seed)
+        self.grammar = GrammarBackend(self.tokenizer.to_json(), max(self.vocab_size, self.tokenizer.vocab_size),
+                                      sorted(self.tokenizer.eos_token_ids), num_threads=config.num_threads)
+        self.sampler = Sampler(self.runner.device, config.seed, self.grammar)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._ready: list[Request] = []  # finished without a step (e.g. a package whose first token ends it)
@@ -77,11 +80,14 @@ class LLMEngine:
             raise ValueError(f"prompt_token_ids must be in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
         if self.role == "prefill" and params.n != 1:
             raise ValueError(f"SamplingParams.n must be 1 on a prefill-role engine, got {params.n}")
+        params.check_vocab(self.vocab_size)
+        matcher = self.grammar.compile(params.structured_outputs) if params.structured_outputs else None
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.runner.device)
             generator.manual_seed(params.seed)
         request = Request(request_id, text, ids, params, self._arrivals, generator)
+        request.seqs[0].matcher = matcher
         self._arrivals += 1
         if kv_package is not None:
             self._attach_package(request, kv_package)
@@ -107,6 +113,7 @@ class LLMEngine:
         if pkg.rng_state is not None and request.generator is not None:
             request.generator.set_state(torch.from_numpy(np.asarray(pkg.rng_state)))
         request.first_scheduled_time = request.arrival_time
+        # Also replays the first token into the request's grammar matcher (compiled in add_request).
         reason = self.outputs.append_token(seq, pkg.first_token_id, pkg.first_token_logprobs)
         if reason is not None:
             seq.finish_reason = reason
@@ -165,12 +172,14 @@ class LLMEngine:
             if request.params.n > 1 and len(request.seqs) == 1 and seq.num_output_tokens == 0:
                 for index in range(1, request.params.n):
                     child = Sequence(request, list(request.prompt_token_ids), len(request.prompt_token_ids), index)
+                    child.matcher = seq.matcher.deep_copy() if seq.matcher is not None else None
                     request.seqs.append(child)
                     self.scheduler.add_forked(seq, child)
                     group.append(child)
             for member in group:
                 rows.append(SampleRow(params=request.params, token_ids=member.token_ids,
-                                      output_token_counts=member.output_token_counts, generator=request.generator))
+                                      output_token_counts=member.output_token_counts, generator=request.generator,
+                                      matcher=member.matcher))
                 row_seqs.append(member)
                 logit_rows.append(r)
         return rows, row_seqs, logit_rows

@@ -6,6 +6,7 @@ import time
 
 from runtime.engine.outputs import CompletionOutput, RequestOutput
 from runtime.engine.sequence import Request, Sequence
+from runtime.engine.structured_outputs import advance
 from runtime.engine.tokenizer import Tokenizer, detokenize_incrementally
 
 
@@ -15,7 +16,8 @@ class OutputProcessor:
         self.max_model_len = max_model_len
 
     def append_token(self, seq: Sequence, token_id: int, logprobs: dict[int, float] | None) -> str | None:
-        """Add a sampled token; returns the finish reason if the sequence is done ("stop"/"length")."""
+        """Add a sampled token; returns the finish reason if the sequence is done ("stop"/"length"; "abort"
+        if the token broke the sequence's grammar)."""
         request = seq.request
         params = request.params
         if request.first_token_time is None:
@@ -24,6 +26,7 @@ class OutputProcessor:
             seq.finish_reason = "stop"
             return "stop"  # the stop token itself is not part of the output
         seq.append_token(token_id)
+        grammar_reason = advance(seq.matcher, token_id) if seq.matcher is not None else None
         if logprobs is not None and seq.logprobs is not None:
             seq.logprobs.append(logprobs)
             seq.cumulative_logprob += logprobs[token_id]
@@ -33,6 +36,8 @@ class OutputProcessor:
             seq.output_text += delta
             if params.stop_strings and self._truncate_at_stop(seq, len(delta)):
                 return "stop"
+        if grammar_reason is not None:  # the grammar is complete: nothing more may follow
+            return grammar_reason
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None

@@ -1,4 +1,4 @@
-"""Token sampling: penalties, greedy, temperature, top-k, top-p, min-p, per-request seeds, logprobs.
+"""Token sampling: grammar masks, allowed tokens, logit bias, penalties, greedy, temperature, top-k, top-p, min-p, per-request seeds, logprobs.
 
 Sampling uses the exponential race (argmax of p / Exp(1) noise), so a seeded request draws exactly
 one vocabulary-sized noise vector per token from its own generator: the same seed gives the same
@@ -8,10 +8,15 @@ tokens whatever else is in the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from runtime.engine.sampling_params import SamplingParams
+from runtime.engine.structured_outputs import GrammarBackend
+
+if TYPE_CHECKING:
+    import llguidance
 
 
 @dataclass(slots=True)
@@ -20,6 +25,7 @@ class SampleRow:
     token_ids: list[int]  # prompt + output so far (repetition penalty)
     output_token_counts: dict[int, int]  # presence / frequency penalties
     generator: torch.Generator | None
+    matcher: llguidance.LLMatcher | None = None  # the sequence's grammar state (structured outputs)
 
 
 @dataclass(slots=True)
@@ -29,16 +35,18 @@ class SampleResult:
 
 
 class Sampler:
-    def __init__(self, device: torch.device, seed: int):
+    def __init__(self, device: torch.device, seed: int, grammar: GrammarBackend | None = None):
         self.device = device
+        self.grammar = grammar
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
-    def __call__(self, logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
+    def __call__(self, raw_logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
         want_logprobs = [row.params.logprobs is not None for row in rows]
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
+        raw_logprobs = torch.log_softmax(raw_logits, dim=-1) if any(want_logprobs) else None
+        logits = self._constrain(raw_logits, rows)  # a copy when any row is constrained
         if any(row.params.has_penalties for row in rows):
-            logits = logits.clone()
+            logits = logits.clone() if logits is raw_logits else logits
             for r, row in enumerate(rows):
                 if row.params.has_penalties:
                     self._apply_penalties(logits[r], row)
@@ -53,6 +61,31 @@ class Sampler:
                 if want_logprobs[r]:
                     logprobs[r] = self._logprobs(raw_logprobs[r], token_ids[r], row.params.logprobs)
         return SampleResult(token_ids=token_ids, logprobs=logprobs)
+
+    def _constrain(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+        """Grammar masks, allowed_token_ids and logit_bias, on a copy (the logits are untouched when no
+        row asks for them). Masked tokens become -inf, so no penalty or bias can bring them back."""
+        grammar_rows = [r for r, row in enumerate(rows) if row.matcher is not None]
+        biased_rows = [r for r, row in enumerate(rows) if row.params.logit_bias or row.params.allowed_token_ids]
+        if not grammar_rows and not biased_rows:
+            return logits
+        logits = logits.clone()
+        if grammar_rows:
+            allowed = self.grammar.allowed([rows[r].matcher for r in grammar_rows], logits.shape[1])
+            index = torch.tensor(grammar_rows, device=logits.device)
+            logits[index] = logits[index].masked_fill_(~allowed.to(logits.device, non_blocking=True), float("-inf"))
+        for r in biased_rows:
+            params = rows[r].params
+            if params.allowed_token_ids:
+                keep = torch.tensor(params.allowed_token_ids, device=logits.device)
+                kept = logits[r, keep]
+                logits[r].fill_(float("-inf"))
+                logits[r, keep] = kept
+            if params.logit_bias:
+                ids = torch.tensor(list(params.logit_bias), device=logits.device)
+                logits[r, ids] += torch.tensor(list(params.logit_bias.values()), dtype=logits.dtype,
+                                               device=logits.device)
+        return logits
 
     def _apply_penalties(self, logits: torch.Tensor, row: SampleRow) -> None:
         p = row.params

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.engine.structured_outputs import StructuredOutputsParams
+
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
+
 
 @dataclass(kw_only=True, slots=True)
 class SamplingParams:
@@ -22,6 +26,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top alternatives returned beside the chosen token
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (keys may be digit strings)
+    allowed_token_ids: list[int] | None = None  # only these tokens may be sampled
     stop_strings: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -56,6 +63,22 @@ class SamplingParams:
         self.stop_token_ids = [int(t) for t in self.stop_token_ids or []]
         if self.top_k == 0:
             self.top_k = -1
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
+                             f"{type(self.structured_outputs).__name__}")
+        self.logit_bias = _logit_bias(self.logit_bias)
+        if self.allowed_token_ids is not None:
+            if isinstance(self.allowed_token_ids, str | bytes) or not self.allowed_token_ids:
+                raise ValueError(f"allowed_token_ids must be a non-empty list of token ids, got "
+                                 f"{self.allowed_token_ids!r}")
+            self.allowed_token_ids = [_token_id("allowed_token_ids", t) for t in self.allowed_token_ids]
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """ValueError naming the field when a token id the params name lies outside the vocabulary."""
+        for name, token_ids in (("logit_bias", self.logit_bias or ()), ("allowed_token_ids", self.allowed_token_ids)):
+            outside = [t for t in token_ids or () if not 0 <= t < vocab_size]
+            if outside:
+                raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got {outside[:5]}")
 
     @property
     def greedy(self) -> bool:
@@ -64,3 +87,23 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def _token_id(field_name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).lstrip("-").isdigit():
+        raise ValueError(f"{field_name} token ids must be integers, got {value!r}")
+    return int(value)
+
+
+def _logit_bias(logit_bias: dict | None) -> dict[int, float] | None:
+    if not logit_bias:
+        return None
+    if not isinstance(logit_bias, dict):
+        raise ValueError(f"logit_bias must be a dict of token id -> bias, got {type(logit_bias).__name__}")
+    out = {}
+    for token, bias in logit_bias.items():
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                             f"got {bias!r} for token {token!r}")
+        out[_token_id("logit_bias", token)] = float(bias)
+    return out

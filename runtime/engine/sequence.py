@@ -35,7 +35,7 @@ class Sequence:
         "seq_id", "index", "request", "token_ids", "num_prompt_tokens", "num_computed_tokens",
         "block_table", "num_hashed_blocks", "block_hashes", "status", "finish_reason", "arrival_order",
         "output_text", "num_emitted_chars", "num_emitted_tokens", "prefix_offset", "read_offset",
-        "logprobs", "cumulative_logprob", "pending_kv", "output_token_counts",
+        "logprobs", "cumulative_logprob", "pending_kv", "output_token_counts", "matcher",
     )
 
     def __init__(self, request: Request, token_ids: list[int], num_prompt_tokens: int, index: int = 0):
@@ -60,6 +60,9 @@ class Sequence:
         self.cumulative_logprob: float | None = 0.0 if request.params.logprobs is not None else None
         self.pending_kv: KVPackage | None = None
         self.output_token_counts: dict[int, int] = {}
+        # Structured outputs: the grammar state after this sequence's output tokens (an llguidance
+        # LLMatcher). It depends on the output tokens alone, so it survives preemption by recompute.
+        self.matcher: Any = None
 
     @property
     def num_tokens(self) -> int:

@@ -73,6 +73,12 @@ class Tokenizer:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
+    def to_json(self) -> str:
+        """tokenizer.json's content without padding or truncation (what llguidance builds its token table from)."""
+        spec = json.loads(self._tok.to_str())
+        spec["padding"] = spec["truncation"] = None
+        return json.dumps(spec)
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
