@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers.tolerances import max_magnitude, rounding_tolerance, ulp, unit_roundoff
 
 from runtime.robot.pointcloud.cloud import clouds_from_column, column_from_clouds, concat_clouds, split_clouds
 from runtime.robot.pointcloud.projection import (
@@ -61,8 +62,11 @@ def test_projection_inverts_pinhole_model():
     points = depth_to_points(depth, intrinsics)
     u = intrinsics.fx * points[:, 0] / points[:, 2] + intrinsics.cx
     v = intrinsics.fy * points[:, 1] / points[:, 2] + intrinsics.cy
-    np.testing.assert_allclose(u.reshape(48, 64), np.tile(np.arange(64), (48, 1)), atol=1e-4)
-    np.testing.assert_allclose(v.reshape(48, 64), np.repeat(np.arange(48)[:, None], 64, 1), atol=1e-4)
+    # float32 round trip: the pixel ray (u - cx) / fx and z * ray when projecting, fx * x, / z and + cx
+    # here: 5 roundings at magnitudes up to the largest pixel coordinate
+    tol = rounding_tolerance(np.float32, 63, 5)
+    np.testing.assert_allclose(u.reshape(48, 64), np.tile(np.arange(64), (48, 1)), rtol=0, atol=tol)
+    np.testing.assert_allclose(v.reshape(48, 64), np.repeat(np.arange(48)[:, None], 64, 1), rtol=0, atol=tol)
 
 
 def test_intrinsics_reject_bad_focal_length():
@@ -75,7 +79,8 @@ def test_transform_points_applies_rigid_motion():
     transform = np.eye(4)
     transform[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
     transform[:3, 3] = [0, 0, 2]
-    np.testing.assert_allclose(transform_points(points, transform), [[0, 1, 2, 7]])
+    # a signed permutation and an integer shift: every product and sum is exact in float32
+    np.testing.assert_array_equal(transform_points(points, transform), [[0, 1, 2, 7]])
 
 
 def test_crop_box_matches_loop_and_is_inclusive():
@@ -119,7 +124,9 @@ def test_voxel_downsample_means_match_dictionary_reference(voxel_size):
     got_sorted = got[np.lexsort(got.T[::-1])]
     want_sorted = np.array(sorted(want.values(), key=tuple), dtype=np.float32)
     want_sorted = want_sorted[np.lexsort(want_sorted.T[::-1])]
-    np.testing.assert_allclose(got_sorted, want_sorted, rtol=1e-6, atol=1e-6)
+    # both sum in float64 (other orders: ~1e-16 apart) and round the mean to float32 once: at most
+    # one float32 step apart, at the points' magnitude
+    np.testing.assert_allclose(got_sorted, want_sorted, rtol=0, atol=ulp(np.float32, max_magnitude(points)))
 
 
 def test_voxel_downsample_sparse_grid_uses_same_result():
@@ -129,7 +136,8 @@ def test_voxel_downsample_sparse_grid_uses_same_result():
     got = voxel_downsample(points, 0.01)
     want = reference_voxel_means(points, 0.01)
     assert len(got) == len(want)
-    np.testing.assert_allclose(np.sort(got[:, 0]), np.sort([m[0] for m in want.values()]), rtol=1e-6)
+    np.testing.assert_allclose(np.sort(got[:, 0]), np.sort([m[0] for m in want.values()]), rtol=0,
+                               atol=ulp(np.float32, max_magnitude(points)))  # as above
 
 
 def test_voxel_downsample_batch_keeps_clouds_apart():
@@ -139,7 +147,8 @@ def test_voxel_downsample_batch_keeps_clouds_apart():
     points, counts = concat_clouds(clouds)
     means, mean_counts = voxel_downsample_batch(points, counts, 0.1)
     for cloud, got in zip(clouds, split_clouds(means, mean_counts)):
-        np.testing.assert_allclose(got, voxel_downsample(cloud, 0.1), rtol=1e-6)
+        # per-voxel sums add the same points in the same order whatever else is in the batch
+        np.testing.assert_array_equal(got, voxel_downsample(cloud, 0.1))
     with pytest.raises(ValueError, match="voxel_size"):
         voxel_downsample(points, 0.0)
 
@@ -148,9 +157,15 @@ def test_normalize_points_into_unit_sphere():
     rng = np.random.default_rng(7)
     points = rng.normal(5, 3, size=(1000, 4)).astype(np.float32)
     normalized, center, scale = normalize_points(points)
-    np.testing.assert_allclose(center, points[:, :3].mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(normalized[:, :3], axis=1).max(), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(normalized[:, :3] * scale + center, points[:, :3], atol=1e-4)
+    # the centroid is the exact (float64) mean, stored once in float32
+    np.testing.assert_allclose(center, points[:, :3].mean(axis=0, dtype=np.float64), rtol=unit_roundoff(np.float32))
+    # |normalized| <= 1 with equality for the farthest point, up to float32 rounding: centring, the squared
+    # norm (3 products, 2 sums), the scale, the division, and this norm again: ~12 roundings at 1.0
+    np.testing.assert_allclose(np.linalg.norm(normalized[:, :3], axis=1).max(), 1.0, rtol=0,
+                               atol=rounding_tolerance(np.float32, 1.0, 12))
+    # centring, scaling and back: 4 roundings (and the scale's own) at the points' magnitude
+    np.testing.assert_allclose(normalized[:, :3] * scale + center, points[:, :3], rtol=0,
+                               atol=rounding_tolerance(np.float32, max_magnitude(points[:, :3]), 5))
     np.testing.assert_array_equal(normalized[:, 3], points[:, 3])
     same, _, unit = normalize_points(np.ones((5, 3), np.float32), center="bbox")
     assert unit == 1.0 and not same.any()

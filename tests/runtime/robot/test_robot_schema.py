@@ -32,7 +32,7 @@ def test_image_and_depth_encodings_round_trip():
     assert np.array_equal(S.decode_image(S.encode_image(rgb)), rgb)
     depth_m = np.array([[0.5, 1.25], [np.nan, 3.0]], np.float32)
     decoded = S.decode_depth(S.encode_depth(depth_m))
-    assert np.allclose(decoded, [[0.5, 1.25], [0.0, 3.0]])
+    np.testing.assert_array_equal(decoded, [[0.5, 1.25], [0.0, 3.0]])  # mm / 1000 is exact for these
 
 
 def test_conform_adds_missing_columns_and_rejects_missing_required():

@@ -52,7 +52,8 @@ def test_expert_rollout_records_schema_rows_with_ground_truth(worker):
     states = np.stack(table.column(schema.STATE).to_numpy(zero_copy_only=False))
     actions = np.stack(table.column(schema.ACTION).to_numpy(zero_copy_only=False))
     expert = ScriptedExpert()
-    np.testing.assert_allclose(actions[10], expert.act(states[10]), atol=1e-6)
+    # the label is the expert's action on this very float32 state: recomputed, the same bits
+    np.testing.assert_array_equal(actions[10], expert.act(states[10]))
     if rendering_available():
         assert schema.image_key("external_camera_0") in table.column_names
         assert schema.depth_key("external_camera_0") in table.column_names
@@ -81,4 +82,6 @@ def test_offline_cloud_stage_matches_online_clouds(worker):
     depth = schema.decode_depth(table.column(schema.depth_key("external_camera_0"))[0].as_py())
     online = frame_cloud(depth, camera, config)
     offline = np.asarray(staged.column(schema.POINTCLOUD)[0].as_py(), np.float32).reshape(-1, 3)
-    np.testing.assert_allclose(np.sort(online, axis=0), np.sort(offline, axis=0), atol=1e-4)
+    # frame_cloud quantizes depth to whole millimetres as the dataset stores it, and both then run the
+    # same float32 ops in the same order: the same cloud, bit for bit and point for point
+    np.testing.assert_array_equal(online, offline)
