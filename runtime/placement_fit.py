@@ -59,30 +59,30 @@ def fit_replicas(groups: Sequence[ReplicaGroup], cluster: ClusterCpus) -> Fit:
     names = [group.name for group in groups]
     if len(set(names)) != len(names):
         raise ValueError(f"replica group names must be unique, got {names}")
-    needed = _total(groups, {})
+    needed = _total(groups)
     asked = {group.name: group.num_cpus for group in groups}
     replicas = sum(group.count for group in groups)
     if needed <= cluster.num_cpus + _EPSILON:
-        return Fit(num_cpus=asked, message=f"placement: {_plural(replicas, 'replica')} need {needed:g} of "
+        return Fit(num_cpus=asked, message=f"placement: {_plural(replicas)} {_need(replicas)} {needed:g} of "
                                             f"{cluster.num_cpus:g} CPUs ({_describe(groups, asked)})")
     if not cluster.embedded:
         if cluster.max_num_cpus is not None and needed <= cluster.max_num_cpus + _EPSILON:
             limit = "" if math.isinf(cluster.max_num_cpus) else f" (up to {cluster.max_num_cpus:g} CPUs)"
-            return Fit(num_cpus=asked, message=f"placement: {_plural(replicas, 'replica')} need {needed:g} CPUs, "
+            return Fit(num_cpus=asked, message=f"placement: {_plural(replicas)} {_need(replicas)} {needed:g} CPUs, "
                                                 f"the cluster has {cluster.num_cpus:g} now; its autoscaler may add "
                                                 f"nodes{limit} ({_describe(groups, asked)})")
         raise PlacementError(_not_enough(groups, cluster, needed, asked))
     fitted = _water_fill(groups, cluster.num_cpus)
     if fitted is None:
         raise PlacementError(_not_enough(groups, cluster, needed, asked))
-    return Fit(num_cpus=fitted, message=f"placement: fitted {_plural(replicas, 'replica')} into "
+    return Fit(num_cpus=fitted, message=f"placement: fitted {_plural(replicas)} into "
                                         f"{cluster.num_cpus:g} CPUs (asked {needed:g}): {_describe(groups, fitted)}")
 
 
 def _water_fill(groups: Sequence[ReplicaGroup], capacity: float) -> dict[str, float] | None:
     """Fixed groups whole; the rest get min(ask, level) with the level as high as capacity allows."""
     fitted = {group.name: group.num_cpus for group in groups if group.fixed}
-    remaining = capacity - _total([group for group in groups if group.fixed], {})
+    remaining = capacity - _total([group for group in groups if group.fixed])
     shrinkable = sorted((group for group in groups if not group.fixed and group.count), key=lambda g: g.num_cpus)
     fitted.update({group.name: group.num_cpus for group in groups if not group.fixed and not group.count})
     left = sum(group.count for group in shrinkable)
@@ -114,12 +114,12 @@ def _not_enough(groups: Sequence[ReplicaGroup], cluster: ClusterCpus, needed: fl
         where = f"the cluster has {cluster.num_cpus:g} and {grow}"
         more = "add nodes"
     change = f"lower {' or '.join(kept)}, or {more}" if kept else more
-    replicas = _plural(sum(group.count for group in groups), "replica")
-    return f"{replicas} ({_describe(groups, asked)}) need {needed:g} CPUs but {where}; {change}"
+    replicas = sum(group.count for group in groups)
+    return f"{_plural(replicas)} ({_describe(groups, asked)}) {_need(replicas)} {needed:g} CPUs but {where}; {change}"
 
 
-def _total(groups: Sequence[ReplicaGroup], num_cpus: dict[str, float]) -> float:
-    return sum(group.count * num_cpus.get(group.name, group.num_cpus) for group in groups)
+def _total(groups: Sequence[ReplicaGroup]) -> float:
+    return sum(group.count * group.num_cpus for group in groups)
 
 
 def _describe(groups: Sequence[ReplicaGroup], num_cpus: dict[str, float]) -> str:
@@ -130,5 +130,9 @@ def _describe(groups: Sequence[ReplicaGroup], num_cpus: dict[str, float]) -> str
     return ", ".join(parts) + " CPU"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def _plural(count: int) -> str:
+    return "1 replica" if count == 1 else f"{count} replicas"
+
+
+def _need(count: int) -> str:
+    return "needs" if count == 1 else "need"

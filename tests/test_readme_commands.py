@@ -205,7 +205,7 @@ def test_convert_of_an_mcap_log(tmp_path):
     (tmp_path / src).parent.mkdir(parents=True)
     write_mcap(tmp_path / src, episode_seed=0, num_frames=12)
     output, _ = _run_to_completion(COMMANDS["data_apps.convert"], tmp_path, timeout_s=600)
-    assert "== convert summary ==" in output and "placement: 1 replica need 1 of 2 CPUs" in output
+    assert "== convert summary ==" in output and "placement: 1 replica needs 1 of 2 CPUs" in output
     assert LeRobotDataset(tmp_path / "lerobot").num_episodes == 1
 
 
