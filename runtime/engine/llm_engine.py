@@ -23,7 +23,7 @@ from runtime.engine.sampler import Sampler, SampleRow
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.scheduler import Scheduler, SchedulerConfig
 from runtime.engine.sequence import Request, Sequence, SequenceStatus
-from runtime.engine.structured_outputs import GrammarBackend
+from runtime.engine.structured_outputs import GrammarBackend, grammar_matchers_to_sample
 from runtime.engine.tokenizer import Tokenizer
 
 
@@ -144,6 +144,7 @@ class LLMEngine:
         for seq in sched.seqs:
             if seq.request.first_scheduled_time is None:
                 seq.request.first_scheduled_time = now
+        self.grammar.prefetch(grammar_matchers_to_sample(sched.seqs, sched.num_new_tokens))
         logits, sample_seqs = self.runner.execute(sched.seqs, sched.num_new_tokens)
         for seq, n in zip(sched.seqs, sched.num_new_tokens):
             if seq.num_computed_tokens < seq.num_prompt_tokens:

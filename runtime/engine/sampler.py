@@ -41,12 +41,15 @@ class Sampler:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
+    @torch.inference_mode()  # the runner's logits are inference tensors, updated here in place
     def __call__(self, raw_logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
+        """One token per row. Grammar masks, allowed_token_ids and logit_bias are applied to `raw_logits`
+        in place (a full-vocabulary copy per step costs as much as the masks themselves)."""
         want_logprobs = [row.params.logprobs is not None for row in rows]
         raw_logprobs = torch.log_softmax(raw_logits, dim=-1) if any(want_logprobs) else None
-        logits = self._constrain(raw_logits, rows)  # a copy when any row is constrained
+        logits = self._constrain(raw_logits, rows)
         if any(row.params.has_penalties for row in rows):
-            logits = logits.clone() if logits is raw_logits else logits
+            logits = logits.clone()
             for r, row in enumerate(rows):
                 if row.params.has_penalties:
                     self._apply_penalties(logits[r], row)
@@ -63,19 +66,14 @@ class Sampler:
         return SampleResult(token_ids=token_ids, logprobs=logprobs)
 
     def _constrain(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
-        """Grammar masks, allowed_token_ids and logit_bias, on a copy (the logits are untouched when no
-        row asks for them). Masked tokens become -inf, so no penalty or bias can bring them back."""
-        grammar_rows = [r for r, row in enumerate(rows) if row.matcher is not None]
-        biased_rows = [r for r, row in enumerate(rows) if row.params.logit_bias or row.params.allowed_token_ids]
-        if not grammar_rows and not biased_rows:
-            return logits
-        logits = logits.clone()
-        if grammar_rows:
-            allowed = self.grammar.allowed([rows[r].matcher for r in grammar_rows], logits.shape[1])
-            index = torch.tensor(grammar_rows, device=logits.device)
-            logits[index] = logits[index].masked_fill_(~allowed.to(logits.device, non_blocking=True), float("-inf"))
-        for r in biased_rows:
-            params = rows[r].params
+        """Grammar masks, allowed_token_ids and logit_bias, in place (the raw logprobs are taken before).
+        Masked tokens become -inf, so no penalty or bias can bring them back."""
+        matchers = [(row.matcher, r) for r, row in enumerate(rows) if row.matcher is not None]
+        if matchers:
+            forbidden = self.grammar.forbidden(matchers, len(rows), logits.shape[1])
+            logits.masked_fill_(forbidden.to(logits.device, non_blocking=True), float("-inf"))
+        for r, row in enumerate(rows):
+            params = row.params
             if params.allowed_token_ids:
                 keep = torch.tensor(params.allowed_token_ids, device=logits.device)
                 kept = logits[r, keep]

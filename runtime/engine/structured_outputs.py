@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import llguidance
@@ -91,7 +92,8 @@ class GrammarBackend:
     """Compiles StructuredOutputsParams into matchers over one tokenizer and fills their masks.
 
     The token table is built on first use, so an engine that never sees a constrained request pays
-    nothing. Masks of a whole batch are filled in one llguidance call (parallel, off the GIL).
+    nothing. Masks of a whole batch are filled in one llguidance call (parallel, off the GIL), started
+    before the forward (`prefetch`) so that the two overlap.
     """
 
     def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: list[int],
@@ -102,6 +104,8 @@ class GrammarBackend:
         self._num_threads = num_threads
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._executor: llguidance.LLExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._prefetched: tuple[list[llguidance.LLMatcher], Future] | None = None
 
     @property
     def tokenizer(self) -> llguidance.LLTokenizer:
@@ -116,18 +120,50 @@ class GrammarBackend:
             raise ValueError(f"structured_outputs.{params.kind} is invalid: {matcher.get_error().strip()}")
         return matcher
 
-    def allowed(self, matchers: list[llguidance.LLMatcher], num_columns: int) -> torch.Tensor:
-        """bool [len(matchers), num_columns]: True where the matcher allows the token."""
+    def prefetch(self, matchers: list[llguidance.LLMatcher]) -> None:
+        """Start filling these matchers' masks on a background thread (llguidance runs off the GIL), so
+        that the work overlaps the model's forward; `forbidden` collects them."""
+        self._prefetched = None
+        if matchers:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+            self._prefetched = (matchers, self._pool.submit(
+                self._fill, [(m, i) for i, m in enumerate(matchers)], len(matchers)))
+
+    def forbidden(self, matchers: list[tuple[llguidance.LLMatcher, int]], num_rows: int,
+                  num_columns: int) -> torch.Tensor:
+        """bool [num_rows, num_columns]: True where a row's matcher forbids the token; rows without a
+        matcher forbid nothing. `matchers` pairs each matcher with its row."""
+        words = None
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            position = {id(m): i for i, m in enumerate(prefetched[0])}
+            ready = prefetched[1].result()
+            if all(id(m) in position for m, _ in matchers):  # else a fork's new matcher: fill them all here
+                words = np.zeros((num_rows, ready.shape[1]), dtype=ready.dtype)
+                words[[row for _, row in matchers]] = ready[[position[id(m)] for m, _ in matchers]]
+        if words is None:
+            words = self._fill(matchers, num_rows)
+        vocab_size = self.tokenizer.vocab_size
+        bits = np.unpackbits(words.view(np.uint8), axis=1, count=min(num_columns, vocab_size), bitorder="little")
+        if bits.shape[1] < num_columns:  # logits wider than the tokenizer: the extra ids are never text
+            bits = np.pad(bits, ((0, 0), (0, num_columns - bits.shape[1])), constant_values=1)
+            bits[[r for r in range(num_rows) if r not in {row for _, row in matchers}]] = 0
+        return torch.from_numpy(bits.view(np.bool_))
+
+    def _fill(self, matchers: list[tuple[llguidance.LLMatcher, int]], num_rows: int) -> np.ndarray:
+        """Packed int32 words [num_rows, vocab/32], a set bit where the token is forbidden."""
         if self._executor is None:
             self._executor = llguidance.LLExecutor(num_threads=self._num_threads)
-        bitmask = llguidance.numpy.allocate_token_bitmask(len(matchers), self.tokenizer.vocab_size)
-        llguidance.numpy.fill_next_token_bitmask_par(self._executor, [(m, i) for i, m in enumerate(matchers)],
-                                                     bitmask)
-        bits = np.unpackbits(bitmask.view(np.uint8), axis=1, count=min(num_columns, self.tokenizer.vocab_size),
-                             bitorder="little")
-        if bits.shape[1] < num_columns:  # logits wider than the tokenizer: the extra ids are never text
-            bits = np.pad(bits, ((0, 0), (0, num_columns - bits.shape[1])))
-        return torch.from_numpy(bits.view(np.bool_))
+        words = llguidance.numpy.allocate_token_bitmask(num_rows, self.tokenizer.vocab_size)  # all allowed
+        llguidance.numpy.fill_next_token_bitmask_par(self._executor, matchers, words)
+        return np.invert(words, out=words)  # on the packed words: 32x less memory than on the bools
+
+
+def grammar_matchers_to_sample(seqs: list, num_new_tokens: list[int]) -> list[llguidance.LLMatcher]:
+    """The matchers of the sequences that sample a token after this step (all their tokens computed)."""
+    return [seq.matcher for seq, n in zip(seqs, num_new_tokens)
+            if seq.matcher is not None and seq.num_computed_tokens + n == seq.num_tokens]
 
 
 def advance(matcher: llguidance.LLMatcher, token_id: int) -> str | None:
