@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import transformers
+from helpers.tolerances import decoder_tolerance
 
 from runtime.elastic.checkpoint import CheckpointManager
 from train_apps.lm_pretrain import export_latest, prepare_run, tiny_config, train
@@ -53,11 +54,20 @@ def test_resume_on_fewer_workers_and_other_zero_stage_is_exact(ray_local, tmp_pa
     initial_loss = math.log(first["model"]["vocab_size"])
     assert first_meta["loss_history"][0][1] > initial_loss - 0.5
     assert resumed_meta["loss_history"][0][1] < first_meta["loss_history"][0][1] - 0.5
+    # The two runs differ only in fp32 summation order (one worker or two, ZeRO 1/2/3 partitions).
+    # Each loss is a mean over the batch's tokens of a 2-layer fp32 decoder: decoder_tolerance (~4e-5;
+    # measured 1e-6). Weights, in units of one AdamW step (lr: its largest move per step with betas
+    # (0.9, 0.95)): rounding-order differences, even grown over 24 steps, stay within a hundredth of a
+    # step (measured 6e-6, 0.1%); a lost moment, step count, data position or lr is off by a sizable
+    # fraction of a step at once.
+    model_config = config.model
+    widest = max(model_config.hidden_size, model_config.intermediate_size, config.global_batch_size * config.seq_len)
     straight_losses = dict((step, loss) for step, loss in straight_meta["loss_history"])
     for step, loss in resumed_meta["loss_history"]:
-        assert loss == pytest.approx(straight_losses[step], abs=2e-3), step
+        tol = decoder_tolerance(torch.float32, loss, num_layers=model_config.num_hidden_layers, max_reduction_length=widest)
+        assert loss == pytest.approx(straight_losses[step], abs=tol), step
     for name, weight in straight_state["model"].items():
-        torch.testing.assert_close(resumed_state["model"][name], weight, atol=2e-3, rtol=1e-2)
+        torch.testing.assert_close(resumed_state["model"][name], weight, rtol=0, atol=config.lr / 100)
     assert resumed_state["optimizer"]["adam_step"] == straight_state["optimizer"]["adam_step"]
 
     # The exported directory loads in transformers and reproduces the final step's weights.
@@ -65,7 +75,8 @@ def test_resume_on_fewer_workers_and_other_zero_stage_is_exact(ray_local, tmp_pa
     export_latest(second, str(output))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(output)).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(output))
-    torch.testing.assert_close(model.state_dict()["lm_head.weight"], resumed_state["model"]["lm_head.weight"])
+    # export copies the fp32 checkpoint tensors into safetensors: the same bits come back
+    torch.testing.assert_close(model.state_dict()["lm_head.weight"], resumed_state["model"]["lm_head.weight"], rtol=0, atol=0)
     ids = tokenizer("def ", return_tensors="pt")["input_ids"]
     generated = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > ids.shape[1]
