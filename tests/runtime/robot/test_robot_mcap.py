@@ -3,11 +3,15 @@ import re
 import numpy as np
 import pytest
 from fakes import robot_logs as F
+from helpers.tolerances import assert_within, dtype_steps_rtol, rounding_tolerance, unit_roundoff
+from numpy.testing import assert_allclose
 
 from runtime.robot import schema as S
 from runtime.robot.formats import mcap
 from runtime.robot.formats.errors import CorruptRecordingError
 from runtime.robot.formats.ros_messages import TopicMapping, pointcloud_array
+
+FLOAT32_STORE = unit_roundoff(np.float32)  # float64 sources stored once as float32
 
 
 def _check_episode(table, seed, num_frames, source):
@@ -15,17 +19,19 @@ def _check_episode(table, seed, num_frames, source):
     assert table.column(S.FRAME_INDEX).to_pylist() == list(range(num_frames))
     assert set(table.column(S.EPISODE_SOURCE).to_pylist()) == {source}
     assert table.column(S.DONE).to_pylist()[-1] is True
-    assert np.allclose(np.diff(table.column(S.TIMESTAMP).to_numpy()), 1 / F.FPS)
+    timestamps = table.column(S.TIMESTAMP).to_numpy()  # integer ns over 1e9: two float64 roundings apart
+    assert_within(np.diff(timestamps), 1 / F.FPS, rounding_tolerance(np.float64, timestamps.max(), 2))
     for i in (0, num_frames // 2, num_frames - 1):
         values = F.frame_values(seed, i, num_frames)
-        assert np.allclose(table.column(S.STATE)[i].as_py(), values["state"])
-        assert np.allclose(table.column(S.ACTION)[i].as_py(), values["action"])
+        assert_allclose(table.column(S.STATE)[i].as_py(), values["state"], rtol=FLOAT32_STORE, atol=0)
+        assert_allclose(table.column(S.ACTION)[i].as_py(), values["action"], rtol=FLOAT32_STORE, atol=0)
         assert np.array_equal(S.decode_image(table.column(S.image_key("front"))[i].as_py()), values["image"])
         assert np.array_equal(S.decode_image(table.column(S.image_key("wrist"))[i].as_py()), values["image"][::-1])
-        assert np.allclose(S.decode_depth(table.column(S.depth_key("front"))[i].as_py()) * 1000, values["depth"])
+        depth_mm = S.decode_depth(table.column(S.depth_key("front"))[i].as_py()) * 1000  # stored in metres
+        assert_allclose(depth_mm, values["depth"], rtol=dtype_steps_rtol(np.float32, 1), atol=0)
         fields = table.column(S.POINTCLOUD_FIELDS)[i].as_py()
         assert fields == "x,y,z,intensity"
-        assert np.allclose(S.unpack_pointcloud(table.column(S.POINTCLOUD)[i].as_py(), fields), values["points"])
+        assert np.array_equal(S.unpack_pointcloud(table.column(S.POINTCLOUD)[i].as_py(), fields), values["points"])
 
 
 def test_mcap_episode_with_custom_topic_mapping(tmp_path):
@@ -81,5 +87,5 @@ def test_pointcloud2_rgb_and_nan_points():
     rgb = np.array([[255, 0, 10], [1, 2, 3], [0, 128, 255]], np.uint8)
     points, fields = pointcloud_array(_Cloud(xyz, rgb))
     assert fields == "x,y,z,r,g,b"
-    assert np.allclose(points[:, :3], xyz[[0, 2]])
-    assert np.allclose(points[:, 3:] * 255, rgb[[0, 2]])
+    assert np.array_equal(points[:, :3], xyz[[0, 2]])
+    assert_allclose(points[:, 3:] * 255, rgb[[0, 2]], rtol=dtype_steps_rtol(np.float32, 1), atol=0)  # rgb / 255 in float32
