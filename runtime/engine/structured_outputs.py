@@ -123,6 +123,8 @@ class GrammarBackend:
     def prefetch(self, matchers: list[llguidance.LLMatcher]) -> None:
         """Start filling these matchers' masks on a background thread (llguidance runs off the GIL), so
         that the work overlaps the model's forward; `forbidden` collects them."""
+        if self._prefetched is not None:  # never collected: let it finish, so no two fills share a matcher
+            self._prefetched[1].result()
         self._prefetched = None
         if matchers:
             if self._pool is None:
@@ -130,10 +132,10 @@ class GrammarBackend:
             self._prefetched = (matchers, self._pool.submit(
                 self._fill, [(m, i) for i, m in enumerate(matchers)], len(matchers)))
 
-    def forbidden(self, matchers: list[tuple[llguidance.LLMatcher, int]], num_rows: int,
-                  num_columns: int) -> torch.Tensor:
-        """bool [num_rows, num_columns]: True where a row's matcher forbids the token; rows without a
-        matcher forbid nothing. `matchers` pairs each matcher with its row."""
+    def forbidden(self, matchers: list[tuple[llguidance.LLMatcher, int]], num_rows: int, num_columns: int,
+                  device: torch.device) -> torch.Tensor:
+        """bool [num_rows, num_columns] on `device`: True where a row's matcher forbids the token; rows
+        without a matcher forbid nothing. `matchers` pairs each matcher with its row."""
         words = None
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None:
@@ -144,12 +146,8 @@ class GrammarBackend:
                 words[[row for _, row in matchers]] = ready[[position[id(m)] for m, _ in matchers]]
         if words is None:
             words = self._fill(matchers, num_rows)
-        vocab_size = self.tokenizer.vocab_size
-        bits = np.unpackbits(words.view(np.uint8), axis=1, count=min(num_columns, vocab_size), bitorder="little")
-        if bits.shape[1] < num_columns:  # logits wider than the tokenizer: the extra ids are never text
-            bits = np.pad(bits, ((0, 0), (0, num_columns - bits.shape[1])), constant_values=1)
-            bits[[r for r in range(num_rows) if r not in {row for _, row in matchers}]] = 0
-        return torch.from_numpy(bits.view(np.bool_))
+        assert num_columns <= self.tokenizer.vocab_size, "the token table covers every logit (engine sizes it)"
+        return unpack_bits(words, num_columns, device)
 
     def _fill(self, matchers: list[tuple[llguidance.LLMatcher, int]], num_rows: int) -> np.ndarray:
         """Packed int32 words [num_rows, vocab/32], a set bit where the token is forbidden."""
@@ -158,6 +156,20 @@ class GrammarBackend:
         words = llguidance.numpy.allocate_token_bitmask(num_rows, self.tokenizer.vocab_size)  # all allowed
         llguidance.numpy.fill_next_token_bitmask_par(self._executor, matchers, words)
         return np.invert(words, out=words)  # on the packed words: 32x less memory than on the bools
+
+
+def unpack_bits(words: np.ndarray, num_columns: int, device: torch.device) -> torch.Tensor:
+    """bool [rows, num_columns] on `device` from packed int32 words (bit j of word w is column 32w + j);
+    off the CPU the packed words travel (32x smaller than the bools) and are unpacked there."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(words.view(np.uint8), axis=1, count=num_columns,
+                                              bitorder="little").view(np.bool_))
+    return unpack_on_device(torch.from_numpy(words).to(device, non_blocking=True), num_columns)
+
+
+def unpack_on_device(packed: torch.Tensor, num_columns: int) -> torch.Tensor:
+    shifts = torch.arange(32, dtype=torch.int32, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).view(packed.shape[0], -1)[:, :num_columns].bool()
 
 
 def grammar_matchers_to_sample(seqs: list, num_new_tokens: list[int]) -> list[llguidance.LLMatcher]:

@@ -9,10 +9,12 @@ import pickle
 import re
 
 import jsonschema
+import numpy as np
 import pytest
+import torch
 
 from runtime.engine import LLMEngine, SamplingParams
-from runtime.engine.structured_outputs import StructuredOutputsParams
+from runtime.engine.structured_outputs import StructuredOutputsParams, unpack_bits, unpack_on_device
 
 SCHEMA = {
     "type": "object",
@@ -171,3 +173,26 @@ def test_prefill_role_finishes_when_the_first_token_completes_the_grammar(llama_
     output = drain(prefill)["r"]
     assert output.kv_package is None
     assert output.outputs[0].finish_reason == "stop" and output.outputs[0].text in ("a", "b")
+
+
+def test_device_unpack_matches_numpy_unpack():
+    words = np.random.default_rng(0).integers(-2**31, 2**31 - 1, size=(3, 12), dtype=np.int32)
+    on_cpu = unpack_bits(words, 380, torch.device("cpu"))
+    assert torch.equal(unpack_on_device(torch.from_numpy(words), 380), on_cpu)
+    assert on_cpu.shape == (3, 380) and bool(on_cpu[0, 0]) == bool(words[0, 0] & 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_constrained_output_and_handoff(llama_dir, dtype):
+    params = sampling("json", 0.9, seed=11)
+    engine = LLMEngine(llama_dir, device="cuda", dtype=dtype)
+    engine.add_request("r", PROMPTS[0], params)
+    expected = drain(engine)["r"].outputs[0]
+    check("json", expected.text)
+    prefill = LLMEngine(llama_dir, device="cuda", dtype=dtype, role="prefill")
+    prefill.add_request("r", PROMPTS[0], params)
+    pkg = pickle.loads(pickle.dumps(drain(prefill)["r"].kv_package))
+    decode = LLMEngine(llama_dir, device="cuda", dtype=dtype, role="decode")
+    decode.add_request("r", {"prompt_token_ids": pkg.prompt_token_ids}, pkg.params, kv_package=pkg)
+    assert drain(decode)["r"].outputs[0].token_ids == expected.token_ids
