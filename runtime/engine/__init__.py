@@ -9,5 +9,7 @@ from runtime.engine.llm import LLM
 from runtime.engine.llm_engine import LLMEngine
 from runtime.engine.outputs import CompletionOutput, RequestOutput
 from runtime.engine.sampling_params import SamplingParams
+from runtime.engine.structured_outputs import StructuredOutputsParams
 
-__all__ = ["LLM", "CompletionOutput", "EngineConfig", "KVPackage", "LLMEngine", "RequestOutput", "SamplingParams"]
+__all__ = ["LLM", "CompletionOutput", "EngineConfig", "KVPackage", "LLMEngine", "RequestOutput", "SamplingParams",
+           "StructuredOutputsParams"]

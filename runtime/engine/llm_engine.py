@@ -2,7 +2,9 @@
 
 Roles: "both" serves a request end to end; "prefill" stops each request after its first token and
 returns its prompt K/V as a KVPackage; "decode" continues from such a package without recomputing
-the prompt (and prefills plain requests itself, the fallback when a prefill fails).
+the prompt (and prefills plain requests itself, the fallback when a prefill fails). A request with
+structured outputs carries its grammar in SamplingParams; the prefill samples the first token under
+it and the decode engine rebuilds the matcher by replaying that token (structured_outputs.py).
 """
 
 from __future__ import annotations
