@@ -70,8 +70,8 @@ class Sampler:
         Masked tokens become -inf, so no penalty or bias can bring them back."""
         matchers = [(row.matcher, r) for r, row in enumerate(rows) if row.matcher is not None]
         if matchers:
-            forbidden = self.grammar.forbidden(matchers, len(rows), logits.shape[1])
-            logits.masked_fill_(forbidden.to(logits.device, non_blocking=True), float("-inf"))
+            forbidden = self.grammar.forbidden(matchers, len(rows), logits.shape[1], logits.device)
+            logits.masked_fill_(forbidden, float("-inf"))
         for r, row in enumerate(rows):
             params = row.params
             if params.allowed_token_ids:
