@@ -153,3 +153,21 @@ def test_serve_deploy_of_the_pd_config(head_node, tmp_path):
         assert answer["usage"]["completion_tokens"] == 6, answer
     finally:
         subprocess.run([serve, "shutdown", "-y", "--address", address], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_app_too_big_for_the_cluster_fails_at_once_in_one_line(head_node):
+    """The 4-CPU head has no autoscaler: 4 engine replicas at 1 CPU + the ingress cannot be placed, and
+    the job says so instead of waiting forever for a fifth CPU."""
+    address, env = head_node
+    submitted = subprocess.run(
+        [os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+         "--", "python", "-m", "serve_apps.llm", "--model", env["STRATA_MODEL_DIR"], "--num-prefill", "2",
+         "--num-decode", "2", "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = _plain(submitted.stdout + submitted.stderr)
+    assert submitted.returncode != 0, output[-3000:]
+    assert ("python -m serve_apps.llm: 5 replicas (OpenAiIngress 0.25, Prefill:strata-tiny 2x1, Decode:strata-tiny "
+            "2x1 CPU) need 4.25 CPUs but the cluster has 4 and no autoscaler can add nodes; lower "
+            "--num-cpus-per-replica, or add nodes") in output, output[-3000:]
