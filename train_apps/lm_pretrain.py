@@ -158,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint_every_steps is not None:
         overrides["checkpoint_every_steps"] = args.checkpoint_every_steps
     started = time.monotonic()
+    connect(num_cpus=max(2, args.num_workers * args.threads_per_worker))
+    _place_workers(args)  # before the corpus, so a cluster too small says so in seconds
     data_root = args.data_dir or os.path.join(os.path.expanduser("~"), ".cache", "strata")
+    data_started = time.monotonic()
     train_loop_config = prepare_run(config, os.path.dirname(os.path.abspath(args.output)), data_root=data_root,
                                     **overrides)
-    print(f"data ready in {time.monotonic() - started:.1f} s: {train_loop_config['data_dir']}", flush=True)
-    connect(num_cpus=max(2, args.num_workers * args.threads_per_worker))
-    _place_workers(args)
+    print(f"data ready in {time.monotonic() - data_started:.1f} s: {train_loop_config['data_dir']}", flush=True)
     result = train(train_loop_config, num_workers=args.num_workers, supervised=args.supervised,
                    max_failures=args.max_failures)
     for fault in getattr(result, "faults", []):
