@@ -38,7 +38,7 @@ SERVING = re.compile(r"serving .* at (http://\S+)")
 # last value wins; every flag as written still applies); STRATA_README_AS_WRITTEN=1 runs them bare.
 AS_WRITTEN = os.environ.get("STRATA_README_AS_WRITTEN") == "1"
 SIZE_FLAGS = {
-    "train_apps.lm_pretrain": ["--max-steps", "20"],
+    "train_apps.lm_pretrain": ["--preset", "tiny", "--max-steps", "20"],
     "data_apps.loop": ["--quick", "--num-episodes", "6", "--eval-episodes", "4", "--train-steps", "60"],
 }
 # The demo's own knobs (environment, so the command stays as written): a short training and robot stage.
