@@ -7,6 +7,7 @@ conftest module per test folder, and a bare `import conftest` picks whichever is
 from __future__ import annotations
 
 import os
+import warnings
 
 import ray
 
@@ -32,19 +33,31 @@ def forget_serve_client() -> None:
 
 
 def start_local_ray() -> None:
-    """Start the session's single-node cluster in this process (no-op when Ray is already up)."""
+    """Start the session's single-node cluster in this process (no-op when Ray is already up).
+
+    One retry: on a loaded 2-core machine a raylet can die at start-up waiting for its dashboard
+    agent (Ray raises a plain Exception for a node that did not come up); a second start succeeds.
+    """
     if ray.is_initialized():
         return
     forget_serve_client()
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(
-        address="local",  # never join a cluster someone else left running on this machine
-        num_cpus=LOCAL_NUM_CPUS,
-        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-        include_dashboard=False,
-        log_to_driver=True,
-        namespace="strata-tests",
-    )
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local",  # never join a cluster someone else left running on this machine
+                num_cpus=LOCAL_NUM_CPUS,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                include_dashboard=False,
+                log_to_driver=True,
+                namespace="strata-tests",
+            )
+            return
+        except Exception as error:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            warnings.warn(f"the test cluster did not start ({error}); starting it once more", stacklevel=2)
 
 
 def start_multinode_cluster(workers: list[dict]):
