@@ -10,6 +10,10 @@ ones, and `/tmp/strata-lm` for the serve commands is a tiny model. Each runs in 
 that holds what its relative paths name (logs/run1.mcap, cluster_configs/serve/llm_pd.yaml).
 Commands that take many minutes as written are sized down with their app's own flags or knobs
 (SIZE_FLAGS, DEMO_KNOBS); STRATA_README_AS_WRITTEN=1 runs them exactly as written.
+
+Measured on this 2-core machine while other jobs loaded it (load 7-15), sized / as written:
+demo 406 s / 1218 s, lm_pretrain 69 s / 1309 s, loop 232 s / 1084 s, serve_apps.llm 94 s,
+serve run 36 s, convert 23 s, the refused serve_apps.llm 16 s.
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_serve_llm_pd_serves_on_two_cpus(tmp_path, tiny_model):
     """`serve_apps.llm --mode pd --num-prefill 1 --num-decode 1` fits ingress + prefill + decode into
-    2 CPUs and serves (the issue: it waited forever for a third CPU). ~45 s here."""
+    2 CPUs and serves (the issue: it waited forever for a third CPU)."""
     argv, assigned = _argv(COMMANDS["serve_apps.llm"], tmp_path)
     argv = [str(tiny_model) if word == str(tmp_path / "strata-lm") else word for word in argv]
     argv += ["--port", str(free_port())]
@@ -181,7 +185,7 @@ def test_serve_llm_with_cpus_that_cannot_fit_says_why_in_one_line(tmp_path, tiny
 
 @pytest.mark.slow
 def test_serve_run_of_the_pd_yaml_serves_on_two_cpus(tmp_path, tiny_model):
-    """`STRATA_MODEL_DIR=... serve run cluster_configs/serve/llm_pd.yaml` (its port made a free one). ~50 s."""
+    """`STRATA_MODEL_DIR=... serve run cluster_configs/serve/llm_pd.yaml` (its port made a free one)."""
     argv, assigned = _argv(COMMANDS["serve run"], tmp_path)
     config_path = next(word for word in argv if word.endswith(".yaml"))
     config = yaml.safe_load((REPO / config_path).read_text())
@@ -196,7 +200,7 @@ def test_serve_run_of_the_pd_yaml_serves_on_two_cpus(tmp_path, tiny_model):
 
 @pytest.mark.slow
 def test_convert_of_an_mcap_log(tmp_path):
-    """`data_apps.convert --src logs/run1.mcap --src-format mcap --dst /tmp/lerobot`. ~30 s."""
+    """`data_apps.convert --src logs/run1.mcap --src-format mcap --dst /tmp/lerobot`."""
     from fakes.robot_logs import write_mcap
 
     from runtime.robot.formats.lerobot_read import LeRobotDataset
@@ -212,8 +216,8 @@ def test_convert_of_an_mcap_log(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_lm_pretrain_two_workers_zero2(tmp_path):
-    """`train_apps.lm_pretrain --output /tmp/strata-lm --num-workers 2 --zero-stage 2`: the default preset's
-    400 steps as written took 22 min on 2 busy cores (first run, corpus and tokenizer included)."""
+    """`train_apps.lm_pretrain --output /tmp/strata-lm --num-workers 2 --zero-stage 2` (2 workers, ZeRO-2 kept;
+    the tiny preset for 20 steps instead of the default preset's 400)."""
     extra = SIZE_FLAGS["train_apps.lm_pretrain"]
     output, _ = _run_to_completion(COMMANDS["train_apps.lm_pretrain"], tmp_path, timeout_s=3500, extra_args=extra)
     assert f"exported step {400 if AS_WRITTEN else extra[-1]}" in output, output[-3000:]
