@@ -84,9 +84,10 @@ def _argv(command: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     while "=" in words[0]:
         name, value = words.pop(0).split("=", 1)
         env[name] = value
+    # the README's /tmp/ paths become the test's; then the program (this venv may itself live under /tmp)
+    words = [str(tmp_path / word[len("/tmp/"):]) if word.startswith("/tmp/") else word for word in words]
     programs = {"python": sys.executable, "serve": str(BIN / "serve")}
     words[0] = programs[words[0]]
-    words = [str(tmp_path / word[len("/tmp/"):]) if word.startswith("/tmp/") else word for word in words]
     env = {name: str(tmp_path / value[len("/tmp/"):]) if value.startswith("/tmp/") else value
            for name, value in env.items()}
     return words, env
