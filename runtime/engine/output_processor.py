@@ -51,8 +51,8 @@ class OutputProcessor:
         hits = [(i, s) for i, s in hits if i >= 0]
         if not hits:
             return False
-        index, _ = min(hits)
-        seq.output_text = text[:index]
+        index, stop = min(hits)
+        seq.output_text = text[:index + len(stop)] if seq.request.params.include_stop_str_in_output else text[:index]
         seq.finish_reason = "stop"
         return True
 

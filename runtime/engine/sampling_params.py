@@ -26,6 +26,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top alternatives returned beside the chosen token
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False  # keep the matched stop string at the end of the text
     structured_outputs: StructuredOutputsParams | None = None
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (keys may be digit strings)
     allowed_token_ids: list[int] | None = None  # only these tokens may be sampled

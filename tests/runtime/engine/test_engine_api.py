@@ -78,6 +78,14 @@ def test_stop_string_is_cut_and_not_streamed(llm):
     assert final.text == base.text[:base.text.index(stop)] == streamed
 
 
+def test_include_stop_str_in_output_keeps_the_stop_string(llm):
+    base = llm.generate("Hello", greedy(24))[0].outputs[0]
+    stop = base.text[5:8]
+    out = llm.generate("Hello", greedy(24, stop=[stop], include_stop_str_in_output=True))[0].outputs[0]
+    assert out.finish_reason == "stop"
+    assert out.text == base.text[:base.text.index(stop) + len(stop)]
+
+
 def test_stop_token_ids_end_without_the_token(llm):
     base = llm.generate("Hello", greedy(16))[0].outputs[0].token_ids
     stop_at = base[6]
