@@ -74,13 +74,22 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
-    first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    if first.get("type") == "json_invalid":
+    if any(error.get("type") == "json_invalid" for error in errors):
         return "request body is not valid JSON", None
+    unknown = [_location(error) for error in errors if error.get("type") == "extra_forbidden"]
+    if unknown:  # name every unknown field at once, so one retry fixes them all
+        return (f"unknown field(s) {', '.join(unknown)}: not part of the API this server implements "
+                "(see the README's Model API section)"), unknown[0]
+    first = errors[0]
+    param = _location(first) or None
     message = first.get("msg", "invalid value")
     return (f"{param}: {message}" if param else message), param
+
+
+def _location(error: dict[str, Any]) -> str:
+    # pydantic reports unions as extra path parts (`tool_choice.NamedToolChoice.function`); keep the body's own.
+    parts = [str(part) for part in error.get("loc", ()) if part != "body"]
+    return ".".join(part for part in parts if not part[:1].isupper() and not part.startswith(("literal[", "str", "list[", "dict[")))
 
 
 def install_error_handlers(app: FastAPI) -> None:

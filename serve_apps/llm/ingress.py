@@ -24,7 +24,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serve_apps.llm.errors import OpenAIError, error_body, install_error_handlers
 from serve_apps.llm.openai_format import Aggregate, ResponseShape, StreamFormatter, sse
-from serve_apps.llm.protocol import ChatCompletionRequest, CompletionRequest, to_generate_request
+from serve_apps.llm.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeRequest,
+    to_generate_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,19 @@ class OpenAiIngress:
         shape = ResponseShape(chat=True, response_id=f"chatcmpl-{uuid.uuid4().hex}", model=body.model,
                               want_logprobs=body.logprobs)
         return await self._serve(body, shape)
+
+    @app.post("/tokenize")
+    async def tokenize(self, body: TokenizeRequest, request: Request) -> Response:
+        """vLLM's /tokenize: the token ids a prompt or chat (rendered by the served template) becomes."""
+        self._authorize(request)
+        try:
+            server_request = body.to_server()
+        except ValueError as exc:
+            raise OpenAIError(str(exc)) from None
+        result = await self._handle(body.model).tokenize.remote(server_request)
+        if "error" in result:
+            return OpenAIError.from_chunk(result).to_response()
+        return JSONResponse(result)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_apps.llm.choice_parsing import ChoiceParser, ParserSpec
+
 
 @dataclass(kw_only=True, slots=True)
 class _ChoiceState:
@@ -13,6 +15,7 @@ class _ChoiceState:
     base_tokens: int = 0  # tokens sent before the engine's cumulative output starts (see rebase)
     base_text_len: int = 0
     finish_reason: str | None = None
+    parser: ChoiceParser | None = None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -26,6 +29,8 @@ class DeltaTracker:
     tokenizer: Any
     num_logprobs: int | None
     num_prompt_tokens: int
+    parsers: ParserSpec = field(default_factory=ParserSpec)
+    num_cached_tokens: int = 0
     choices: dict[int, _ChoiceState] = field(default_factory=dict)
 
     @property
@@ -34,7 +39,10 @@ class DeltaTracker:
 
     def delta(self, completion: Any, finished: bool = False) -> dict[str, Any] | None:
         """The new part of one choice, or None when nothing changed."""
-        state = self.choices.setdefault(completion.index, _ChoiceState())
+        state = self.choices.get(completion.index)
+        if state is None:
+            parser = ChoiceParser(self.parsers) if self.parsers.active else None
+            state = self.choices[completion.index] = _ChoiceState(parser=parser)
         token_ids = list(completion.token_ids)
         seen_tokens = state.num_tokens - state.base_tokens
         seen_text = state.text_len - state.base_text_len
@@ -50,6 +58,8 @@ class DeltaTracker:
             "token_ids": new_ids,
             "finish_reason": finish_reason,
         }
+        if state.parser is not None:
+            self._parse(state.parser, chunk, ended=finish_reason is not None and state.finish_reason is None)
         if self.num_logprobs is not None and completion.logprobs is not None:
             chunk["logprobs"] = [
                 self._logprob_entry(token_id, entry)
@@ -60,6 +70,24 @@ class DeltaTracker:
         state.finish_reason = finish_reason
         return chunk
 
+    @staticmethod
+    def _parse(parser: ChoiceParser, chunk: dict[str, Any], *, ended: bool) -> None:
+        """Replace the chunk's raw text with its content; reasoning and tool-call deltas beside it."""
+        parsed = parser.feed(chunk["text"], len(chunk["token_ids"]))
+        if ended:
+            tail = parser.finish()
+            parsed.content += tail.content
+            parsed.reasoning += tail.reasoning
+            parsed.tool_calls += tail.tool_calls
+            if chunk["finish_reason"] == "stop" and parser.num_tool_calls:
+                chunk["finish_reason"] = "tool_calls"
+        chunk["text"] = parsed.content
+        if parser.reasoning is not None:
+            chunk["reasoning"] = parsed.reasoning
+            chunk["reasoning_tokens"] = parsed.reasoning_tokens
+        if parsed.tool_calls:
+            chunk["tool_calls"] = parsed.tool_calls
+
     def rebase(self) -> None:
         """The next outputs come from a fresh engine request that continues after what was sent."""
         for state in self.choices.values():
@@ -68,11 +96,12 @@ class DeltaTracker:
 
     def chunk(self, request_output: Any) -> dict[str, Any] | None:
         """One stream chunk for a RequestOutput: all choices that advanced."""
+        self.num_cached_tokens = max(self.num_cached_tokens, getattr(request_output, "num_cached_tokens", 0))
         outputs = [self.delta(c) for c in request_output.outputs]
         outputs = [o for o in outputs if o is not None]
         if not outputs:
             return None
-        return {"prompt_tokens": self.num_prompt_tokens, "outputs": outputs}
+        return {"prompt_tokens": self.num_prompt_tokens, "cached_tokens": self.num_cached_tokens, "outputs": outputs}
 
     def _logprob_entry(self, token_id: int, entry: dict[int, float]) -> dict[str, Any]:
         ranked = sorted(entry.items(), key=lambda item: item[1], reverse=True)

@@ -37,11 +37,10 @@ class PDPrefillServer(LLMServer):
         self.transport = make_transport(kv.transport, max_inflight_transfers=kv.max_inflight_transfers)
 
     async def prefill(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Prefill `prompt_token_ids`; returns the first token, its text/logprobs and a KV handle."""
+        """Prefill `prompt_token_ids` under the request's own SamplingParams (grammar, logit bias and all);
+        returns the first token, its text/logprobs and a KV handle."""
         self._ensure_metrics_task()
-        from runtime.engine import SamplingParams
-
-        params = SamplingParams(**request["sampling"])
+        params = request["params"]
         final = None
         async for output in self.engine.generate(request["request_id"], request["prompt_token_ids"], params):
             final = output
@@ -56,6 +55,7 @@ class PDPrefillServer(LLMServer):
             "text": completion.text,
             "logprobs": completion.logprobs,
             "finish_reason": completion.finish_reason,
+            "num_cached_tokens": final.num_cached_tokens,
             "kv": handle,
         }
 
@@ -159,7 +159,7 @@ class PDDecodeServer(LLMServer):
         request = {
             "request_id": prepared.request_id,
             "prompt_token_ids": prepared.prompt_token_ids,
-            "sampling": _sampling_fields(prepared.params),
+            "params": prepared.params,
         }
         response = self.prefill_server.prefill.remote(request)
         try:
@@ -187,15 +187,7 @@ class _FirstOutput:
         self.text = result["text"]
         self.logprobs = result["logprobs"]
         self.finish_reason = result["finish_reason"]
-
-
-def _sampling_fields(params: Any) -> dict[str, Any]:
-    names = (
-        "n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-        "repetition_penalty", "seed", "stop", "stop_token_ids", "max_tokens", "ignore_eos", "logprobs",
-        "skip_special_tokens",
-    )
-    return {name: getattr(params, name) for name in names if hasattr(params, name)}
+        self.num_cached_tokens = result.get("num_cached_tokens", 0)
 
 
 __all__ = ["OpenAIError", "PDDecodeServer", "PDPrefillServer"]

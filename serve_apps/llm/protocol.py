@@ -1,40 +1,76 @@
 """OpenAI request bodies (pydantic, validated at the HTTP edge) and their mapping to engine requests.
 
 Ranges follow the OpenAI API reference; a value outside them is a 400 with the field named, never
-a 500. Unknown fields are ignored, as the official client sends some we do not use (`user`, ...).
+a 500. **An unknown field is a 400 that names it** (`extra="forbid"` on every body model): a field
+we silently dropped would give an agent a wrong answer with HTTP 200. vLLM's extra sampling fields
+(`top_k`, `min_p`, `repetition_penalty`, `stop_token_ids`, `ignore_eos`, `skip_special_tokens`,
+`include_stop_str_in_output`, `allowed_token_ids`, `structured_outputs`, `chat_template_kwargs`) are
+part of the surface. Fields accepted without effect are exactly those in `ACCEPTED_WITHOUT_EFFECT`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
+
+# The one place listing fields we accept and do not act on (documented in the README's Model API section).
+ACCEPTED_WITHOUT_EFFECT = {
+    "user": "an end-user id for the provider's abuse monitoring; Strata keeps no per-user state",
+}
+# Fields of assistant messages the official client echoes back (`messages.append(choice.message)`):
+# accepted when empty, a 400 naming them otherwise.
+_ECHOED_NULL_MESSAGE_FIELDS = ("refusal", "annotations", "audio", "function_call")
+STRUCTURED_OUTPUT_KEYS = ("json", "json_object", "regex", "choice", "grammar", "disable_any_whitespace")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Body):
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _no_continuous(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("continuous_usage_stats is not supported; usage comes in the last chunk")
+        return value
 
 
-class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class _SamplingFields(_Body):
     model: str
     n: int = Field(1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None  # ACCEPTED_WITHOUT_EFFECT
+    # vLLM's extra sampling fields
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: list[int] | None = None
+    structured_outputs: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -47,6 +83,52 @@ class _SamplingFields(BaseModel):
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty")
         return stops or None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids (digit strings), got {token!r}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(f"values must be in [-100, 100], got {bias} for token {token}")
+        return value or None
+
+    @field_validator("stop_token_ids", "allowed_token_ids")
+    @classmethod
+    def _non_negative_ids(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(token < 0 for token in value):
+            raise ValueError("token ids must be >= 0")
+        return value
+
+    @field_validator("structured_outputs")
+    @classmethod
+    def _check_structured_outputs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        unknown = sorted(set(value) - set(STRUCTURED_OUTPUT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; allowed: {list(STRUCTURED_OUTPUT_KEYS)}")
+        return value
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """Engine SamplingParams fields; those the request left unset are absent (generation defaults apply)."""
+        sampling: dict[str, Any] = {
+            "n": self.n,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "seed": self.seed,
+            "stop": self.stop,
+            "ignore_eos": self.ignore_eos,
+            "skip_special_tokens": self.skip_special_tokens,
+            "include_stop_str_in_output": self.include_stop_str_in_output,
+        }
+        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop_token_ids",
+                     "allowed_token_ids", "logit_bias"):
+            value = getattr(self, name)
+            if value is not None:
+                sampling[name] = value
+        return sampling
 
 
 class CompletionRequest(_SamplingFields):
@@ -69,22 +151,120 @@ class CompletionRequest(_SamplingFields):
         return value
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class FunctionCall(_Body):
+    name: str
+    arguments: str | dict[str, Any]
+
+
+class MessageToolCall(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    refusal: None = None
+    annotations: list[Any] | None = None
+    audio: None = None
+    function_call: None = None
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
+    @field_validator("annotations")
+    @classmethod
+    def _no_annotations(cls, value: list[Any] | None) -> None:
+        if value:
+            raise ValueError("message annotations are not supported")
+        return None
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls is only allowed on assistant messages, not {self.role}")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        return self
+
+    def text(self) -> str | None:
+        if self.content is None or isinstance(self.content, str):
             return self.content
         parts = []
         for part in self.content:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError("only text content parts are supported")
+                raise ValueError(f"only text content parts are supported, got type {part.get('type')!r}")
             parts.append(part["text"])
         return "".join(parts)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it: tool-call arguments as objects, as transformers does."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        for name in ("name", "tool_call_id", "reasoning_content"):
+            if getattr(self, name) is not None:
+                message[name] = getattr(self, name)
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.function.name, "arguments": _arguments_object(call.function.arguments)}}
+                for call in self.tool_calls
+            ]
+        return message
+
+
+def _arguments_object(arguments: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"tool call arguments must be a JSON object, got {arguments[:80]!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"tool call arguments must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+class FunctionDefinition(_Body):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Body):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only allowed with type json_schema, not {self.type}")
+        return self
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -92,50 +272,140 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tools: function names must be unique, got {names}")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {choice.function.name!r}, which is not among tools {names}")
+        forcing = choice == "required" or isinstance(choice, NamedToolChoice)
+        if forcing and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("response_format and a required or named tool_choice cannot both constrain the output")
+        if forcing and self.structured_outputs is not None:
+            raise ValueError("structured_outputs and a required or named tool_choice cannot both constrain the output")
+        if self.response_format is not None and self.response_format.type != "text" and self.structured_outputs:
+            raise ValueError("give response_format or structured_outputs, not both")
+        return self
+
+    def effective_tool_choice(self) -> str | dict[str, Any]:
+        """OpenAI's default: "auto" when tools are given, else "none"."""
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.model_dump()
+        return self.tool_choice
+
+
+class TokenizeRequest(_Body):
+    """vLLM's `POST /tokenize`: a prompt, or chat messages rendered by the model's template."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[ChatTool] | None = None
+    documents: list[dict[str, Any]] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (the template has BOS)
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give prompt or messages (exactly one)")
+        return self
+
+    def to_server(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "messages": [m.for_template() for m in self.messages] if self.messages is not None else None,
+            "tools": [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            "documents": self.documents,
+            "chat_template_kwargs": dict(self.chat_template_kwargs or {}),
+            "add_generation_prompt": self.add_generation_prompt,
+            "add_special_tokens": (self.messages is None) if self.add_special_tokens is None else self.add_special_tokens,
+            "return_token_strs": self.return_token_strs,
+        }
 
 
 class GenerateRequest(BaseModel):
     """What the ingress sends a server replica: the prompt, sampling and output options."""
 
+    model_config = ConfigDict(extra="forbid")
     request_id: str
     model: str
     prompt: str | list[int] | None = None
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] = "none"
+    parallel_tool_calls: bool = True
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    documents: list[dict[str, Any]] | None = None
     sampling: dict[str, Any]
     num_logprobs: int | None = None
     echo: bool = False
 
 
+def structured_outputs_of(body: CompletionRequest | ChatCompletionRequest) -> dict[str, Any] | None:
+    """`response_format` (OpenAI) or `structured_outputs` (vLLM) as engine StructuredOutputsParams fields."""
+    if body.structured_outputs is not None:
+        return dict(body.structured_outputs)
+    response_format = getattr(body, "response_format", None)
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return {"json_object": True}
+    return {"json": response_format.json_schema.schema_ or {"type": "object"}}
+
+
 def to_generate_request(request_id: str, body: CompletionRequest | ChatCompletionRequest) -> GenerateRequest:
     """Map an OpenAI body onto engine SamplingParams fields (validated again by the engine)."""
-    sampling: dict[str, Any] = {
-        "n": body.n,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "presence_penalty": body.presence_penalty,
-        "frequency_penalty": body.frequency_penalty,
-        "seed": body.seed,
-        "stop": body.stop,
-        "ignore_eos": body.ignore_eos,
-    }
+    sampling = body.sampling_fields()
+    structured = structured_outputs_of(body)
+    if structured is not None:
+        sampling["structured_outputs"] = structured
     if isinstance(body, ChatCompletionRequest):
-        max_tokens = body.max_completion_tokens or body.max_tokens
         num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs and not body.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if max_tokens is not None:
+            sampling["max_tokens"] = max_tokens
+        kwargs = dict(body.chat_template_kwargs or {})
+        if body.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", body.reasoning_effort)
+            if body.reasoning_effort == "none":
+                kwargs.setdefault("enable_thinking", False)
         return GenerateRequest(
             request_id=request_id,
             model=body.model,
-            messages=messages,
-            sampling={**sampling, "max_tokens": max_tokens},
+            messages=[message.for_template() for message in body.messages],
+            tools=[tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None,
+            tool_choice=body.effective_tool_choice(),
+            parallel_tool_calls=body.parallel_tool_calls,
+            chat_template_kwargs=kwargs,
+            documents=body.documents,
+            sampling=sampling,
             num_logprobs=num_logprobs,
         )
+    sampling["max_tokens"] = body.max_tokens or 16
     return GenerateRequest(
         request_id=request_id,
         model=body.model,
         prompt=body.prompt,
-        sampling={**sampling, "max_tokens": body.max_tokens or 16},
+        sampling=sampling,
         num_logprobs=body.logprobs,
         echo=body.echo,
     )

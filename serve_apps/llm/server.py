@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from serve_apps.llm.choice_parsing import ParserSpec
 from serve_apps.llm.config import LLMConfig
 from serve_apps.llm.engine_loop import AsyncEngine
 from serve_apps.llm.errors import OpenAIError
@@ -33,6 +34,7 @@ class PreparedRequest:
     params: Any  # runtime.engine.SamplingParams
     num_logprobs: int | None
     prompt_text: str | None
+    parsers: ParserSpec
 
 
 class LLMServer:
@@ -52,6 +54,7 @@ class LLMServer:
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.vocab_size = _vocab_size(engine)
+        self.generation_defaults = _generation_defaults(self.llm_config)
         self.engine = AsyncEngine(engine, max_waiting_requests=self.llm_config.max_waiting_requests)
         self.metrics = ServeMetrics(deployment=self.name_prefix + self.llm_config.model_id, model=self.llm_config.model_id)
         self._metrics_task: asyncio.Task | None = None
@@ -100,12 +103,34 @@ class LLMServer:
         except OpenAIError as exc:
             yield exc.to_chunk()
 
+    async def tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`/tokenize` (see TokenizeRequest.to_server): {count, max_model_len, tokens[, token_strs]}."""
+        try:
+            if request["messages"] is not None:
+                text = self._render_chat(GenerateRequest(
+                    request_id="tokenize", model="", messages=request["messages"], tools=request["tools"],
+                    documents=request["documents"], chat_template_kwargs=request["chat_template_kwargs"], sampling={},
+                ), add_generation_prompt=request["add_generation_prompt"])
+            else:
+                text = request["prompt"]
+        except OpenAIError as exc:
+            return exc.to_chunk()
+        tokens = list(self.tokenizer.encode(text, add_special_tokens=request["add_special_tokens"]))
+        result: dict[str, Any] = {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
+        if request["return_token_strs"]:
+            result["token_strs"] = [self.tokenizer.decode([t], skip_special_tokens=False) for t in tokens]
+        return result
+
     def prepare(self, request: GenerateRequest) -> PreparedRequest:
         from runtime.engine import SamplingParams
+        from runtime.engine.structured_outputs import StructuredOutputsParams
 
+        sampling = {**self.generation_defaults, **request.sampling}
+        parsers = ParserSpec()
         if request.messages is not None:
-            prompt_text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
-            prompt_ids = list(self.tokenizer.encode(prompt_text))
+            prompt_text = self._render_chat(request)  # the template writes BOS itself, as transformers
+            prompt_ids = list(self.tokenizer.encode(prompt_text, add_special_tokens=False))
+            parsers = self._parsers(request, prompt_text, sampling)
         elif isinstance(request.prompt, str):
             prompt_text = request.prompt
             prompt_ids = list(self.tokenizer.encode(prompt_text))
@@ -123,22 +148,73 @@ class LLMServer:
                 f"prompt has {num_prompt} tokens; this model's context is {self.max_model_len} tokens",
                 param="prompt", code="context_length_exceeded",
             )
-        sampling = dict(request.sampling)
         if sampling.get("max_tokens") is None:
             sampling["max_tokens"] = room
         elif sampling["max_tokens"] > room:
-            raise OpenAIError(
-                f"max_tokens {sampling['max_tokens']} + prompt {num_prompt} tokens exceeds the context of "
-                f"{self.max_model_len} tokens", param="max_tokens", code="context_length_exceeded",
-            )
+            if "max_tokens" not in request.sampling:  # the model's generation_config default: clip it
+                sampling["max_tokens"] = room
+            else:
+                raise OpenAIError(
+                    f"max_tokens {sampling['max_tokens']} + prompt {num_prompt} tokens exceeds the context of "
+                    f"{self.max_model_len} tokens", param="max_tokens", code="context_length_exceeded",
+                )
         try:
+            if sampling.get("structured_outputs") is not None:
+                sampling["structured_outputs"] = StructuredOutputsParams(**sampling["structured_outputs"])
             params = SamplingParams(**sampling, logprobs=request.num_logprobs)
+            if self.vocab_size:
+                params.check_vocab(self.vocab_size)
         except (ValueError, TypeError) as exc:
             raise OpenAIError(str(exc)) from None
         return PreparedRequest(
             request_id=request.request_id, prompt_token_ids=prompt_ids, params=params,
-            num_logprobs=request.num_logprobs, prompt_text=prompt_text if request.echo else None,
+            num_logprobs=request.num_logprobs, prompt_text=prompt_text if request.echo else None, parsers=parsers,
         )
+
+    def _render_chat(self, request: GenerateRequest, add_generation_prompt: bool = True) -> str:
+        from runtime.engine.chat_template import ChatTemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=add_generation_prompt, tools=request.tools,
+                documents=request.documents,
+                chat_template=self.llm_config.chat_template, **request.chat_template_kwargs,
+            )
+        except ChatTemplateError as exc:
+            raise OpenAIError(f"the chat template rejected the messages: {exc}", param="messages") from None
+        except ValueError as exc:
+            raise OpenAIError(str(exc), param="messages") from None
+
+    def _parsers(self, request: GenerateRequest, prompt_text: str, sampling: dict[str, Any]) -> ParserSpec:
+        """Pick the output parsers; a required or named tool choice also constrains decoding to calls."""
+        config = self.llm_config
+        spec = ParserSpec(reasoning_parser=config.reasoning_parser)
+        if spec.reasoning_parser is not None:
+            spec.thinking_in_prompt = prompt_text.rstrip().endswith("<think>")
+        choice = request.tool_choice
+        if not request.tools or choice == "none":
+            return spec
+        if choice == "auto":
+            if not (config.enable_auto_tool_choice and config.tool_call_parser):
+                raise OpenAIError('tool_choice "auto" needs the server started with --enable-auto-tool-choice and '
+                                  "--tool-call-parser (or tool_choice \"required\" or a named function, which "
+                                  "any model serves)", param="tool_choice")
+            strict = [tool["function"]["name"] for tool in request.tools if tool["function"].get("strict")]
+            if strict:
+                raise OpenAIError(f"tools {strict} ask for strict arguments, which only a \"required\" or named "
+                                  'tool_choice enforces (with "auto" the model\'s calls are parsed, not constrained)',
+                                  param="tools")
+            spec.tool_parser = config.tool_call_parser
+            return spec
+        from serve_apps.llm.tool_grammar import tool_call_grammar
+
+        spec.tool_parser = config.tool_call_parser or "hermes"
+        try:
+            grammar = tool_call_grammar(spec.tool_parser, request.tools, choice, request.parallel_tool_calls)
+        except ValueError as exc:
+            raise OpenAIError(str(exc), param="tools") from None
+        sampling["structured_outputs"] = {"grammar": grammar}
+        return spec
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[dict[str, Any]]:
         """Run the request on the local engine (both roles; decode's fallback path)."""
@@ -149,7 +225,7 @@ class LLMServer:
     def new_tracker(self, prepared: PreparedRequest) -> DeltaTracker:
         return DeltaTracker(
             tokenizer=self.tokenizer, num_logprobs=prepared.num_logprobs,
-            num_prompt_tokens=len(prepared.prompt_token_ids),
+            num_prompt_tokens=len(prepared.prompt_token_ids), parsers=prepared.parsers,
         )
 
     async def stream_engine(
@@ -201,6 +277,14 @@ class LLMServer:
         while True:
             self.metrics.observe_engine(self.engine.stats())
             await asyncio.sleep(1.0)
+
+
+def _generation_defaults(config: LLMConfig) -> dict[str, Any]:
+    """The model's generation_config.json sampling defaults (`--generation-config`), applied when a request
+    leaves the field unset."""
+    from serve_apps.llm.generation_defaults import generation_defaults
+
+    return generation_defaults(config.model_source, config.generation_config)
 
 
 def _vocab_size(engine: Any) -> int | None:
