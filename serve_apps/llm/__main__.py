@@ -1,8 +1,19 @@
 """Serve models behind an OpenAI-compatible API, colocated or with prefill/decode disaggregation.
 
-    python -m serve_apps.llm --model DIR [--model DIR2 ...] [--model-id NAME] [--mode pd|colocated]
-        [--num-prefill N] [--num-decode M] [--quantization int8] [--port 8000] [--api-key KEY]
+    python -m serve_apps.llm --model DIR_OR_HF_ID [--model ...] [--served-model-name NAME ...] [--mode pd|colocated]
+        [--num-prefill N] [--num-decode M] [--quantization int8|fp8] [--port 8000] [--api-key KEY]
     ray job submit --working-dir . -- python -m serve_apps.llm --model /models/tiny --mode pd --num-prefill 1 --num-decode 2
+
+Examples:
+    # a Hugging Face id, found offline in the local cache (HF_HUB_CACHE / HF_HOME); nothing is downloaded
+    python -m serve_apps.llm --model Qwen/Qwen3-0.6B --mode colocated --max-num-seqs 32 --kv-cache-dtype int8
+    # tool calling: tool_choice "auto" parses the model's <tool_call>...</tool_call> (named/required always work)
+    python -m serve_apps.llm --model Qwen/Qwen3-0.6B --enable-auto-tool-choice --tool-call-parser hermes
+    # reasoning: <think>...</think> goes to message.reasoning_content
+    python -m serve_apps.llm --model Qwen/Qwen3-0.6B --reasoning-parser qwen3 --tool-call-parser hermes
+    # Llama 3.1 under its own name and chat template file, with no sampling defaults from generation_config.json
+    python -m serve_apps.llm --model /models/llama-3.1-8b --served-model-name llama --enable-auto-tool-choice
+        --tool-call-parser llama3_json --chat-template ./llama3.1_json.jinja --generation-config vllm
 
 Joins RAY_ADDRESS or starts a local cluster, prints the base URL and blocks until Ctrl-C.
 Before deploying it checks the replicas against the cluster's CPUs (runtime.placement_fit): on an
@@ -24,59 +35,114 @@ from ray import serve
 from runtime.cluster import connect, place
 from runtime.placement_fit import ReplicaGroup
 from serve_apps.llm.builder import build_openai_app, build_pd_openai_app
-from serve_apps.llm.config import LLMServingArgs
+from serve_apps.llm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, LLMServingArgs
 from serve_apps.llm.placement import replica_groups, with_num_cpus
 
 DEFAULT_NUM_CPUS_PER_REPLICA = 1.0
+# runtime.engine.config's choices, repeated so that --help need not import torch (a test keeps them equal)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("int8", "fp8")
+KV_CACHE_DTYPES = ("auto", "int8")
+# engine flags by EngineConfig field name; only those the user gave reach engine_kwargs
+ENGINE_FLAGS = ("dtype", "quantization", "kv_cache_dtype", "max_model_len", "max_num_seqs",
+                "max_num_batched_tokens", "block_size", "enable_prefix_caching")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m serve_apps.llm", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="HF-format model dir (repeatable)")
-    parser.add_argument("--model-id", action="append", default=[], help="served name per --model")
-    parser.add_argument("--mode", choices=["pd", "colocated"], default="pd")
-    parser.add_argument("--num-prefill", type=int, default=1)
-    parser.add_argument("--num-decode", type=int, default=1)
-    parser.add_argument("--num-replicas", type=int, default=1, help="colocated LLMServer replicas")
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    summary, _, usage = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(prog="python -m serve_apps.llm", description=summary, epilog=usage,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True,
+                        help="HF-format model directory, or a Hugging Face id org/name[@revision] found offline in "
+                             "the local cache (HF_HUB_CACHE, else HF_HOME/hub); repeatable, one model each")
+    parser.add_argument("--served-model-name", "--model-id", dest="served_model_name", action="append", default=[],
+                        help="name clients send as `model`, one per --model in order (default: the Hugging Face id "
+                             "or the directory name); --model-id is the older spelling")
+    parser.add_argument("--mode", choices=["pd", "colocated"], default="pd",
+                        help="pd: prefill and decode replicas apart; colocated: one engine does both (default pd)")
+    parser.add_argument("--num-prefill", type=int, default=1, help="prefill replicas per model (pd mode)")
+    parser.add_argument("--num-decode", type=int, default=1, help="decode replicas per model (pd mode)")
+    parser.add_argument("--num-replicas", type=int, default=1, help="LLMServer replicas per model (colocated mode)")
     parser.add_argument("--num-cpus-per-replica", type=float, default=None,
                         help=f"CPUs per engine replica (default {DEFAULT_NUM_CPUS_PER_REPLICA:g}; on an embedded "
                              "cluster the default shrinks to fit its CPUs, a value given here never does)")
-    parser.add_argument("--quantization", choices=["int8"], default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--min-pd-prompt-tokens", type=int, default=32, help="shorter prompts skip prefill")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get("STRATA_API_KEY"))
+    engine = parser.add_argument_group("engine (default: the engine's own)")
+    engine.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="weights and activations; auto: float32 on CPU, the checkpoint's dtype on CUDA")
+    engine.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                        help="weight-only quantization: int8 (per output channel) or fp8 (CUDA)")
+    engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default=None,
+                        help="KV cache storage: auto (= dtype) or int8 (per token and head scales)")
+    engine.add_argument("--max-model-len", type=_positive_int, default=None,
+                        help="longest prompt + completion in tokens (default: the checkpoint's)")
+    engine.add_argument("--max-num-seqs", type=_positive_int, default=None, help="most sequences in one batch")
+    engine.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
+                        help="most tokens one engine step computes (prefill chunks and decodes together)")
+    engine.add_argument("--block-size", type=_positive_int, default=None, help="tokens per KV cache block")
+    engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                        help="reuse the KV blocks of a repeated prompt prefix (the engine's default: on)")
+    api = parser.add_argument_group("chat API")
+    api.add_argument("--chat-template", default=None,
+                     help="Jinja chat template replacing the tokenizer's: a .jinja file, or the template text")
+    api.add_argument("--enable-auto-tool-choice", action="store_true",
+                     help="tool_choice auto: parse the tool calls the model makes (needs --tool-call-parser)")
+    api.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None,
+                     help="the model's tool-call format: hermes (Qwen, Hermes <tool_call>), llama3_json "
+                          "(Llama 3.x), mistral ([TOOL_CALLS])")
+    api.add_argument("--reasoning-parser", choices=REASONING_PARSERS, default=None,
+                     help="split <think>...</think> into message.reasoning_content: qwen3 or deepseek_r1")
+    api.add_argument("--generation-config", default="auto",
+                     help="sampling defaults for fields a request leaves unset: auto (the model's "
+                          "generation_config.json), vllm (none), or a folder holding generation_config.json")
+    parser.add_argument("--min-pd-prompt-tokens", type=int, default=32, help="shorter prompts skip prefill (pd mode)")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    parser.add_argument("--api-key", default=os.environ.get("STRATA_API_KEY"),
+                        help="require `Authorization: Bearer KEY` (default: $STRATA_API_KEY, else none)")
     parser.add_argument("--name", default="llm", help="Serve application name")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def serving_args(args: argparse.Namespace) -> LLMServingArgs:
     for name in ("num_prefill", "num_decode", "num_replicas"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.model_id and len(args.model_id) != len(args.model):
-        raise ValueError(f"give one --model-id per --model ({len(args.model)}), got {len(args.model_id)}")
-    engine_kwargs: dict[str, Any] = {}
-    for key in ("quantization", "dtype", "max_model_len"):
-        if getattr(args, key) is not None:
-            engine_kwargs[key] = getattr(args, key)
+    names = args.served_model_name
+    if names and len(names) != len(args.model):
+        raise ValueError(f"give one --served-model-name (or --model-id) per --model ({len(args.model)}), "
+                         f"got {len(names)}")
+    engine_kwargs: dict[str, Any] = {key: getattr(args, key) for key in ENGINE_FLAGS if getattr(args, key) is not None}
     num_cpus = DEFAULT_NUM_CPUS_PER_REPLICA if args.num_cpus_per_replica is None else args.num_cpus_per_replica
     if num_cpus <= 0:
         raise ValueError(f"--num-cpus-per-replica must be > 0, got {num_cpus}")
     actor = {"ray_actor_options": {"num_cpus": num_cpus}}
     configs = []
-    for index, model_dir in enumerate(args.model):
+    for index, model in enumerate(args.model):
         configs.append(
             {
-                "model_id": args.model_id[index] if args.model_id else None,
-                "model_source": model_dir,
+                "model_id": names[index] if names else None,
+                "model_source": model,
                 "engine_kwargs": engine_kwargs,
                 "deployment_config": {"num_replicas": args.num_replicas, **actor},
                 "prefill_deployment_config": {"num_replicas": args.num_prefill, **actor},
                 "decode_deployment_config": {"num_replicas": args.num_decode, **actor},
                 "kv_transfer_config": {"min_prompt_tokens": args.min_pd_prompt_tokens},
+                "tool_call_parser": args.tool_call_parser,
+                "enable_auto_tool_choice": args.enable_auto_tool_choice,
+                "reasoning_parser": args.reasoning_parser,
+                "chat_template": args.chat_template,
+                "generation_config": args.generation_config,
             }
         )
     return LLMServingArgs(llm_configs=configs, api_key=args.api_key)
@@ -89,8 +155,12 @@ def cli_replica_groups(args: argparse.Namespace, serving: LLMServingArgs) -> lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    serving = serving_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        serving = serving_args(args)
+    except ValueError as error:  # a flag the user gave (pydantic's ValidationError is one too): usage + message
+        parser.error(str(error))
     connect()
     fit = place(cli_replica_groups(args, serving), prog="python -m serve_apps.llm")
     serving = with_num_cpus(serving, args.mode, fit.num_cpus)

@@ -1,7 +1,8 @@
 """Serve/YAML args for the LLM apps (pydantic at the edge, as Ray Serve LLM's `LLMServingArgs`).
 
-A model is a checkpoint directory plus engine kwargs; adding one to `llm_configs` serves it under
-its `model_id` with no code change. `$VARS` in `model_source` are expanded so one YAML fits any host.
+A model is a checkpoint directory (or a Hugging Face id found in the local cache) plus engine kwargs; adding one
+to `llm_configs` serves it under its `model_id` with no code change. `$VARS` in `model_source` are expanded so one
+YAML fits any host.
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_apps.llm.model_source import cached_model_id, hf_model_id, resolve_model_source
+
+# Output parsers by model format (`--tool-call-parser`, `--reasoning-parser`); the parser registries use these keys.
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
+REASONING_PARSERS = ("qwen3", "deepseek_r1")
 
 # Options a deployment accepts from YAML (a subset of `serve.deployment` options we pass through).
 DEPLOYMENT_OPTION_KEYS = frozenset(
@@ -75,8 +82,9 @@ class LLMConfig(BaseModel):
     """One served model."""
 
     model_config = ConfigDict(extra="forbid")
-    model_id: str | None = None
-    model_source: str = Field(description="HF-format checkpoint directory")
+    model_id: str | None = Field(None, description="served name; default: the Hugging Face id or the directory name")
+    model_source: str = Field(description="HF-format checkpoint directory, or a Hugging Face id org/name[@revision] "
+                                          "resolved offline from the local Hugging Face cache")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_waiting_requests: int = Field(64, ge=1, description="per-replica queue bound; beyond it 429")
     num_threads: int | None = Field(1, ge=1, description="engine threads per replica (engine_kwargs wins)")
@@ -84,21 +92,73 @@ class LLMConfig(BaseModel):
     prefill_deployment_config: dict[str, Any] = Field(default_factory=dict)
     decode_deployment_config: dict[str, Any] = Field(default_factory=dict)
     kv_transfer_config: KVTransferConfig = Field(default_factory=KVTransferConfig)
+    tool_call_parser: str | None = Field(None, description=f"tool-call output format, one of {TOOL_CALL_PARSERS}")
+    enable_auto_tool_choice: bool = Field(False, description="parse tool calls the model chooses to make "
+                                                             "(tool_choice auto); needs tool_call_parser")
+    reasoning_parser: str | None = Field(None, description=f"reasoning output format, one of {REASONING_PARSERS}")
+    chat_template: str | None = Field(None, description="Jinja chat template replacing the tokenizer's: a file "
+                                                        "(read at validation) or the template text")
+    generation_config: str = Field("auto", description="sampling defaults: 'auto' (the model's "
+                                                       "generation_config.json), 'vllm' (none) or a folder holding one")
 
     @field_validator("model_source")
     @classmethod
-    def _expand(cls, value: str) -> str:
-        return os.path.expanduser(os.path.expandvars(value))
+    def _resolve_source(cls, value: str) -> str:
+        # A directory is read where the engine runs (a replica's node may mount what this one does not); an id
+        # must be in this node's Hugging Face cache, and the replicas read the snapshot path found here.
+        value = os.path.expanduser(os.path.expandvars(value))
+        return resolve_model_source(value) if hf_model_id(value) else value
 
     @field_validator("deployment_config", "prefill_deployment_config", "decode_deployment_config")
     @classmethod
     def _check_options(cls, value: dict[str, Any], info) -> dict[str, Any]:
         return _check_deployment_options(info.field_name, value)
 
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _check_tool_call_parser(cls, value: str | None) -> str | None:
+        if value is not None and value not in TOOL_CALL_PARSERS:
+            raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {value!r}")
+        return value
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _check_reasoning_parser(cls, value: str | None) -> str | None:
+        if value is not None and value not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {value!r}")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _load_chat_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = os.path.expanduser(value)
+        if os.path.isfile(path):
+            with open(path) as file:
+                return file.read()
+        if "{{" not in value and "{%" not in value:
+            raise ValueError(f"chat_template {value!r} is neither a file nor a Jinja template (no '{{{{' or '{{%')")
+        return value
+
+    @field_validator("generation_config")
+    @classmethod
+    def _check_generation_config(cls, value: str) -> str:
+        if not value:
+            raise ValueError("generation_config must be 'auto', 'vllm' or a folder holding generation_config.json")
+        return value
+
+    @model_validator(mode="after")
+    def _check_auto_tool_choice(self) -> LLMConfig:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("enable_auto_tool_choice (--enable-auto-tool-choice) needs tool_call_parser "
+                             f"(--tool-call-parser, one of {TOOL_CALL_PARSERS})")
+        return self
+
     @model_validator(mode="after")
     def _default_model_id(self) -> LLMConfig:
         if not self.model_id:
-            self.model_id = os.path.basename(os.path.normpath(self.model_source))
+            self.model_id = cached_model_id(self.model_source) or os.path.basename(os.path.normpath(self.model_source))
         return self
 
 
