@@ -1,25 +1,24 @@
 """Tokenizer from tokenizer.json (the `tokenizers` library) with the chat template of
-tokenizer_config.json rendered by jinja2, and incremental detokenization for streaming."""
+tokenizer_config.json (rendered by runtime/engine/chat_template.py), and incremental detokenization for
+streaming."""
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
+
+from runtime.engine.chat_template import render_chat_template
+
+# The named special tokens transformers hands every chat template (its SPECIAL_TOKENS_ATTRIBUTES).
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def _token_content(value) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value
-
-
-def _raise_exception(message: str):
-    raise jinja2.TemplateError(message)
 
 
 class Tokenizer:
@@ -33,9 +32,15 @@ class Tokenizer:
         if os.path.isfile(config_path):
             with open(config_path) as f:
                 config = json.load(f)
-        self.bos_token = _token_content(config.get("bos_token"))
-        self.eos_token = _token_content(config.get("eos_token"))
-        self.pad_token = _token_content(config.get("pad_token"))
+        # tokenizer_config.json's special tokens as strings, by name: what chat templates see as variables.
+        self.special_tokens: dict[str, str] = {}
+        for name in SPECIAL_TOKEN_NAMES:
+            content = _token_content(config.get(name))
+            if content is not None:
+                self.special_tokens[name] = str(content)
+        self.bos_token = self.special_tokens.get("bos_token")
+        self.eos_token = self.special_tokens.get("eos_token")
+        self.pad_token = self.special_tokens.get("pad_token")
         self.chat_template = self._find_chat_template(model_dir, config)
         self.eos_token_ids: set[int] = set()
         for source in (hf_config or {}, self._generation_config(model_dir)):
@@ -45,7 +50,6 @@ class Tokenizer:
         if self.eos_token is not None and self._tok.token_to_id(self.eos_token) is not None:
             self.eos_token_ids.add(self._tok.token_to_id(self.eos_token))
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self._template = None
 
     @staticmethod
     def _find_chat_template(model_dir: str, config: dict) -> str | None:
@@ -82,18 +86,20 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        if self.chat_template is None:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                            tools: list[dict] | None = None, documents: list[dict] | None = None,
+                            chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+                            **kwargs) -> str:
+        """The prompt text for `messages` as transformers' apply_chat_template(tokenize=False) makes it.
+        `chat_template` replaces the model's template (a server's --chat-template); `chat_template_kwargs` (the
+        request's, passed whole so a reserved name gets ChatTemplateError, a 400) and `kwargs` reach the template
+        as variables. Raises ChatTemplateError when the template rejects the conversation."""
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
             raise ValueError("tokenizer_config.json has no chat_template; send a plain prompt instead")
-        if self._template is None:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                extensions=["jinja2.ext.loopcontrols"])
-            env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
-            env.globals["raise_exception"] = _raise_exception
-            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-            self._template = env.from_string(self.chat_template)
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+        return render_chat_template(template, messages, tools=tools, documents=documents,
+                                    add_generation_prompt=add_generation_prompt, special_tokens=self.special_tokens,
+                                    chat_template_kwargs=chat_template_kwargs, **kwargs)
 
 
 def detokenize_incrementally(tokenizer: Tokenizer, token_ids: list[int], prefix_offset: int, read_offset: int,
