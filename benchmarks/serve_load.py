@@ -1,7 +1,14 @@
 """Open-loop load on the Model API: colocated vs prefill/decode disaggregated, same machine, one run.
 
     python -m benchmarks.serve_load [--quick] [--model DIR | --model-size small|medium] [--rates 0.5,1,2] [--duration-s 40]
+        [--structured]
     ray job submit --working-dir . -- python -m benchmarks.serve_load --quick
+    python -m benchmarks.serve_load --quick --structured     # every request follows a JSON schema
+
+With --structured every request carries `structured_outputs: {"json": RECORD_SCHEMA}` (vLLM's field; the
+same grammar a `response_format` json_schema compiles to), so prefill samples the first token under the
+grammar and decode continues it; each output is checked against the schema and the share that
+validates is reported per mode. Writes serve_load_structured.json/.png.
 
 Poisson arrivals with mixed prompt/output lengths are sent over real HTTP (streaming SSE) to each
 app in turn; reports TTFT, TPOT, ITL and end-to-end p50/p90/p99, throughput and goodput under an
@@ -26,6 +33,10 @@ import numpy as np
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 APP_NAME = "serve-load"
+# Bounded fields, so a random-weight model's output ends inside the output budget of the mix.
+RECORD_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["id", "name", "tags"], "properties": {
+    "id": {"type": "integer", "minimum": 0, "maximum": 9999}, "name": {"type": "string", "maxLength": 12},
+    "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3}}}
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -38,11 +49,15 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
-async def _one_request(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int) -> dict[str, Any]:
+async def _one_request(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int,
+                       structured: bool = False) -> dict[str, Any]:
     body = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
         "stream": True, "stream_options": {"include_usage": True},
     }
+    if structured:
+        body["structured_outputs"] = {"json": RECORD_SCHEMA}
+    texts: list[str] = []
     start = time.perf_counter()
     token_times: list[float] = []
     status = None
@@ -54,10 +69,24 @@ async def _one_request(client: httpx.AsyncClient, model: str, prompt: list[int],
             chunk = json.loads(line[6:])
             if chunk.get("choices") and chunk["choices"][0].get("text"):
                 token_times.append(time.perf_counter())
+                texts.append(chunk["choices"][0]["text"])
             if "error" in chunk:
                 status = 599
     end = time.perf_counter()
-    return {"status": status, "start": start, "end": end, "token_times": token_times, "prompt_len": len(prompt)}
+    record = {"status": status, "start": start, "end": end, "token_times": token_times, "prompt_len": len(prompt)}
+    if structured:
+        record["valid"] = _validates("".join(texts))
+    return record
+
+
+def _validates(text: str) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), RECORD_SCHEMA)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
 
 
 def _workload(rng: random.Random, vocab: int, mix: list[tuple[float, int, int]]) -> tuple[list[int], int]:
@@ -68,7 +97,7 @@ def _workload(rng: random.Random, vocab: int, mix: list[tuple[float, int, int]])
 
 async def run_rate(
     base_url: str, model: str, *, rate_rps: float, duration_s: float, vocab: int, mix: list[tuple[float, int, int]],
-    seed: int,
+    seed: int, structured: bool = False,
 ) -> list[dict[str, Any]]:
     """Open loop: arrivals follow a Poisson process regardless of how fast responses come back."""
     rng = random.Random(seed)
@@ -81,7 +110,7 @@ async def run_rate(
             delay = begin + clock - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(_one_request(client, model, prompt, output_len)))
+            tasks.append(asyncio.ensure_future(_one_request(client, model, prompt, output_len, structured)))
             clock += rng.expovariate(rate_rps)
         return list(await asyncio.gather(*tasks))
 
@@ -97,8 +126,10 @@ def summarize(records: list[dict[str, Any]], *, ttft_slo_s: float, tpot_slo_s: f
         r for r in ok if r["token_times"][0] - r["start"] <= ttft_slo_s
         and (len(r["token_times"]) < 2 or (r["end"] - r["token_times"][0]) / (len(r["token_times"]) - 1) <= tpot_slo_s)
     ]
+    validated = [r["valid"] for r in ok if "valid" in r]
     return {
         "num_requests": len(records), "num_ok": len(ok),
+        "valid_share": (sum(validated) / len(validated)) if validated else None,
         "num_5xx": sum(1 for r in records if r["status"] is not None and r["status"] >= 500),
         "ttft_s": _percentiles(ttft), "tpot_s": _percentiles(tpot), "itl_s": _percentiles(itl),
         "e2e_s": _percentiles(e2e),
@@ -168,8 +199,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-decode", type=int, default=1)
     parser.add_argument("--num-colocated", type=int, default=None, help="default: num-prefill + num-decode")
     parser.add_argument("--max-model-len", type=int, default=1280)
-    parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "serve_load.json"))
+    parser.add_argument("--structured", action="store_true",
+                        help="every request follows RECORD_SCHEMA (structured outputs through prefill and decode)")
+    parser.add_argument("--output", default=None, help="default: results/serve_load[_structured].json")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = os.path.join(RESULTS_DIR, "serve_load_structured.json" if args.structured else "serve_load.json")
     if args.quick:
         args.rates, args.duration_s, args.model_size = "1,3", 15.0, "small"
     # Same hardware: as many colocated engines as prefill + decode engines together.
@@ -190,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         vocab = json.load(f)["vocab_size"]
     # 70% chat-like short prompts, 30% long documents: long prefills are what disturb colocated decode.
     mix = [(0.7, 64, 48), (0.3, 1024, 32)]
+    if args.structured:  # room for the whole record: the grammar, not the budget, ends each output
+        mix = [(weight, prompt_len, 96) for weight, prompt_len, _ in mix]
     rates = [float(r) for r in args.rates.split(",")]
     results: dict[str, Any] = {"config": vars(args), "mix": mix, "load_avg_start": os.getloadavg(), "modes": {}}
     for mode, builder in (("colocated", build_openai_app), ("pd", build_pd_openai_app)):
@@ -199,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_rate = {}
         for rate in rates:
             records = asyncio.run(run_rate(
-                base_url, "bench", rate_rps=rate, duration_s=args.duration_s, vocab=vocab, mix=mix, seed=int(rate * 100)
+                base_url, "bench", rate_rps=rate, duration_s=args.duration_s, vocab=vocab, mix=mix, seed=int(rate * 100),
+                structured=args.structured,
             ))
             per_rate[str(rate)] = summarize(records, ttft_slo_s=args.ttft_slo_s, tpot_slo_s=args.tpot_slo_s)
             print(mode, rate, json.dumps(per_rate[str(rate)]["tpot_s"]), flush=True)

@@ -200,8 +200,11 @@ class ChatMessage(_Body):
         return "".join(parts)
 
     def for_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: tool-call arguments as objects, as transformers does."""
-        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        """The message as chat templates expect it: tool-call arguments as objects, as transformers does, and
+        an empty string for the null content of an assistant turn that only calls tools (Qwen3's template
+        reads `message.content` unconditionally)."""
+        content = self.text()
+        message: dict[str, Any] = {"role": self.role, "content": "" if content is None and self.tool_calls else content}
         for name in ("name", "tool_call_id", "reasoning_content"):
             if getattr(self, name) is not None:
                 message[name] = getattr(self, name)

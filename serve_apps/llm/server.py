@@ -178,7 +178,7 @@ class LLMServer:
             return self.tokenizer.apply_chat_template(
                 request.messages, add_generation_prompt=add_generation_prompt, tools=request.tools,
                 documents=request.documents,
-                chat_template=self.llm_config.chat_template, **request.chat_template_kwargs,
+                chat_template=self.llm_config.chat_template, chat_template_kwargs=request.chat_template_kwargs,
             )
         except ChatTemplateError as exc:
             raise OpenAIError(f"the chat template rejected the messages: {exc}", param="messages") from None
@@ -190,7 +190,9 @@ class LLMServer:
         config = self.llm_config
         spec = ParserSpec(reasoning_parser=config.reasoning_parser)
         if spec.reasoning_parser is not None:
-            spec.thinking_in_prompt = prompt_text.rstrip().endswith("<think>")
+            from serve_apps.llm.reasoning_parsers import prompt_ends_in_thinking
+
+            spec.thinking_in_prompt = prompt_ends_in_thinking(prompt_text)
         choice = request.tool_choice
         if not request.tools or choice == "none":
             return spec
@@ -205,16 +207,28 @@ class LLMServer:
                                   'tool_choice enforces (with "auto" the model\'s calls are parsed, not constrained)',
                                   param="tools")
             spec.tool_parser = config.tool_call_parser
+            self._keep_marker_tokens(spec.tool_parser, sampling)
             return spec
-        from serve_apps.llm.tool_grammar import tool_call_grammar
+        from serve_apps.llm.tool_grammar import tool_call_grammar, tool_marker_token_ids
 
         spec.tool_parser = config.tool_call_parser or "hermes"
         try:
-            grammar = tool_call_grammar(spec.tool_parser, request.tools, choice, request.parallel_tool_calls)
+            grammar = tool_call_grammar(
+                spec.tool_parser, request.tools, choice, request.parallel_tool_calls,
+                marker_token_ids=tool_marker_token_ids(spec.tool_parser, self.tokenizer.token_to_id))
         except ValueError as exc:
             raise OpenAIError(str(exc), param="tools") from None
         sampling["structured_outputs"] = {"grammar": grammar}
+        self._keep_marker_tokens(spec.tool_parser, sampling)
         return spec
+
+    @staticmethod
+    def _keep_marker_tokens(parser: str, sampling: dict[str, Any]) -> None:
+        """A format whose call marker is a special token (Mistral's [TOOL_CALLS]) must see it in the text."""
+        from serve_apps.llm.tool_parsers import TOOL_PARSERS
+
+        if TOOL_PARSERS[parser].needs_special_tokens:
+            sampling["skip_special_tokens"] = False
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[dict[str, Any]]:
         """Run the request on the local engine (both roles; decode's fallback path)."""

@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 
-import jinja2
 import pytest
 
+from runtime.engine.chat_template import ChatTemplateError
 from runtime.engine.tokenizer import Tokenizer
 
 
@@ -52,7 +52,7 @@ def test_list_form_and_jinja_file_templates(tokenizer_dir):
 
 def test_template_errors_and_missing_template(tokenizer_dir):
     rewrite_config(tokenizer_dir, chat_template="{{ raise_exception('no system role') }}")
-    with pytest.raises(jinja2.TemplateError, match="no system role"):
+    with pytest.raises(ChatTemplateError, match="no system role"):
         Tokenizer(tokenizer_dir).apply_chat_template([{"role": "system", "content": "x"}])
     rewrite_config(tokenizer_dir, chat_template=None)
     with pytest.raises(ValueError, match="chat_template"):
