@@ -48,6 +48,11 @@ def apps(tmp_path_factory):
     ensure_ray()
     model = build_tiny_model(str(tmp_path_factory.mktemp("agent") / "tiny-qwen3"), "qwen3",
                              max_position_embeddings=2048)
+    # The model's own sampling default (vLLM applies generation_config.json to fields a request leaves unset)
+    config_path = os.path.join(model, "generation_config.json")
+    generation = json.load(open(config_path)) if os.path.exists(config_path) else {}
+    with open(config_path, "w") as f:
+        json.dump({**generation, "max_new_tokens": 7}, f)
     port = start_serve()
     common = {"model_id": "tiny", "model_source": model, "engine_kwargs": {"max_num_seqs": 8},
               "chat_template": os.path.abspath(QWEN3_TEMPLATE), "reasoning_parser": "qwen3"}
@@ -179,6 +184,15 @@ def test_extra_sampling_fields_change_the_output_as_they_should(mode, clients):
     assert text(temperature=0, stop=[stop], extra_body={"ignore_eos": True}) == cut
     assert text(temperature=0, stop=[stop], extra_body={"ignore_eos": True,
                                                         "include_stop_str_in_output": True}) == cut + stop
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generation_config_defaults_apply_only_to_unset_fields(mode, clients):
+    def usage(**kwargs):
+        return clients[mode].chat.completions.create(model="tiny", messages=USER, temperature=0,
+                                                     extra_body={"ignore_eos": True}, **kwargs).usage
+    assert usage().completion_tokens == 7  # the model's generation_config.json max_new_tokens
+    assert usage(max_tokens=9).completion_tokens == 9  # a field the request sets wins
 
 
 @pytest.mark.parametrize("mode", MODES)
