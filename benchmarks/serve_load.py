@@ -5,7 +5,7 @@
     ray job submit --working-dir . -- python -m benchmarks.serve_load --quick
     python -m benchmarks.serve_load --quick --structured     # every request follows a JSON schema
 
-With --structured every request carries `structured_outputs: {"json": RECORD_SCHEMA}` (vLLM's field; the
+With --structured every request carries `structured_outputs: {"json": RECORD_SCHEMA}` (compact; vLLM's field; the
 same grammar a `response_format` json_schema compiles to), so prefill samples the first token under the
 grammar and decode continues it; each output is checked against the schema and the share that
 validates is reported per mode. Writes serve_load_structured.json/.png.
@@ -56,7 +56,8 @@ async def _one_request(client: httpx.AsyncClient, model: str, prompt: list[int],
         "stream": True, "stream_options": {"include_usage": True},
     }
     if structured:
-        body["structured_outputs"] = {"json": RECORD_SCHEMA}
+        # Compact JSON, as real models write it; a random-weight model would otherwise pad with whitespace.
+        body["structured_outputs"] = {"json": RECORD_SCHEMA, "disable_any_whitespace": True}
     texts: list[str] = []
     start = time.perf_counter()
     token_times: list[float] = []
