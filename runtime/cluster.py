@@ -50,7 +50,7 @@ def connect(
             ray.init(address=address, **kwargs)
         else:
             dashboard = constants.include_dashboard() if include_dashboard is None else include_dashboard
-            ray.init(
+            _start_embedded(
                 address="local",  # never join another user's cluster on a shared machine by accident
                 num_cpus=num_cpus or constants.local_num_cpus(),
                 object_store_memory=object_store_memory or constants.local_object_store_bytes(),
@@ -59,6 +59,23 @@ def connect(
                 **kwargs,
             )
     return cluster_info()
+
+
+def _start_embedded(**init_kwargs) -> None:
+    """Start the embedded cluster, once more if its node did not come up.
+
+    Ray gives a starting raylet a fixed 30 s to register with the GCS; on a loaded 2-core machine
+    (CI beside a benchmark) it can miss that and `ray.init` raises a plain Exception. A second start
+    of a fresh cluster then succeeds.
+    """
+    try:
+        ray.init(**init_kwargs)
+    except Exception as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        logger.warning("embedded Ray cluster did not start within Ray's 30 s (machine loaded?); starting it again")
+        ray.shutdown()
+        ray.init(**init_kwargs)
 
 
 def cluster_info() -> ClusterInfo:

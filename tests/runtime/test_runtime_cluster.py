@@ -65,3 +65,26 @@ def test_metrics_are_cached_and_recordable_in_workers(ray_local):
         return latency is again
 
     assert ray.get(record.remote())
+
+
+def test_embedded_start_is_retried_once_when_the_node_times_out(monkeypatch):
+    from runtime import cluster
+
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(cluster.ray, "init", fake_init)
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: calls.append("shutdown"))
+    cluster._start_embedded(address="local", num_cpus=2)
+    assert calls == [{"address": "local", "num_cpus": 2}, "shutdown", {"address": "local", "num_cpus": 2}]
+
+    def other_failure(**kwargs):
+        raise Exception("some other start-up failure")
+
+    monkeypatch.setattr(cluster.ray, "init", other_failure)
+    with pytest.raises(Exception, match="some other"):
+        cluster._start_embedded(address="local")
