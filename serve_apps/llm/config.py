@@ -12,11 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_apps.llm import reasoning_parsers, tool_parsers
 from serve_apps.llm.model_source import cached_model_id, hf_model_id, resolve_model_source
 
 # Output parsers by model format (`--tool-call-parser`, `--reasoning-parser`); the parser registries use these keys.
-TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
-REASONING_PARSERS = ("qwen3", "deepseek_r1")
+# The parser registries' names (`--tool-call-parser`, `--reasoning-parser`).
+TOOL_CALL_PARSERS = tuple(tool_parsers.TOOL_PARSERS)
+REASONING_PARSERS = tuple(reasoning_parsers.REASONING_PARSERS)
+_PARSER_CHOICES = {"tool_call_parser": TOOL_CALL_PARSERS, "reasoning_parser": REASONING_PARSERS}
 
 # Options a deployment accepts from YAML (a subset of `serve.deployment` options we pass through).
 DEPLOYMENT_OPTION_KEYS = frozenset(
@@ -114,18 +117,12 @@ class LLMConfig(BaseModel):
     def _check_options(cls, value: dict[str, Any], info) -> dict[str, Any]:
         return _check_deployment_options(info.field_name, value)
 
-    @field_validator("tool_call_parser")
+    @field_validator("tool_call_parser", "reasoning_parser")
     @classmethod
-    def _check_tool_call_parser(cls, value: str | None) -> str | None:
-        if value is not None and value not in TOOL_CALL_PARSERS:
-            raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {value!r}")
-        return value
-
-    @field_validator("reasoning_parser")
-    @classmethod
-    def _check_reasoning_parser(cls, value: str | None) -> str | None:
-        if value is not None and value not in REASONING_PARSERS:
-            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {value!r}")
+    def _check_parser(cls, value: str | None, info) -> str | None:
+        choices = _PARSER_CHOICES[info.field_name]
+        if value is not None and value not in choices:
+            raise ValueError(f"{info.field_name} must be one of {choices}, got {value!r}")
         return value
 
     @field_validator("chat_template")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_WHITESPACE = " \t\n\r"  # JSON's whitespace
+JSON_WHITESPACE = " \t\n\r"  # JSON's whitespace (tool_parsers trims around calls with it too)
 
 # What the JSON scanner expects next (outside strings, numbers and literals).
 _VALUE, _FIRST_ITEM, _FIRST_KEY, _KEY, _COLON, _AFTER_VALUE = range(6)
@@ -81,7 +81,7 @@ class JsonObjectScanner:
                     break
                 self._number_start = -1
                 self._end_value(i)  # c is looked at again, as what follows the number
-            elif c in _WHITESPACE:
+            elif c in JSON_WHITESPACE:
                 i += 1
             elif not self._step(c, i):
                 break

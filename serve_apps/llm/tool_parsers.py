@@ -39,10 +39,9 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from serve_apps.llm.json_prefix_scanner import JsonObjectScanner
+from serve_apps.llm.json_prefix_scanner import JSON_WHITESPACE, JsonObjectScanner
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
-_WHITESPACE = " \t\n\r"  # JSON's whitespace
 _ARGUMENT_KEYS = ("arguments", "parameters")
 
 
@@ -186,7 +185,7 @@ class ToolParser:
             text = self._text
             if self._after_call:
                 pos = self._pos
-                while pos < len(text) and text[pos] in _WHITESPACE:
+                while pos < len(text) and text[pos] in JSON_WHITESPACE:
                     pos += 1
                 self._pos = pos
                 if pos == len(text) and not self._final:
@@ -196,7 +195,7 @@ class ToolParser:
             found = self._find_region(self._pos)
             if found is not None:
                 marker_pos, marker = found
-                region_start = self._pos + len(text[self._pos:marker_pos].rstrip(_WHITESPACE))
+                region_start = self._pos + len(text[self._pos:marker_pos].rstrip(JSON_WHITESPACE))
                 self._emit_content(text[self._pos:region_start])
                 self._pos = region_start
                 return region_start, marker_pos, marker
@@ -205,7 +204,7 @@ class ToolParser:
                 self._pos = len(text)
                 return None
             safe_end = len(text) - self._marker_prefix_length(text)
-            safe_end = self._pos + len(text[self._pos:safe_end].rstrip(_WHITESPACE))
+            safe_end = self._pos + len(text[self._pos:safe_end].rstrip(JSON_WHITESPACE))
             self._emit_content(text[self._pos:safe_end])
             self._pos = safe_end
             yield
@@ -223,7 +222,7 @@ class ToolParser:
     def _skip_whitespace(self) -> _Parse:
         while True:
             text, pos = self._text, self._pos
-            while pos < len(text) and text[pos] in _WHITESPACE:
+            while pos < len(text) and text[pos] in JSON_WHITESPACE:
                 pos += 1
             self._pos = pos
             if pos < len(text) or self._final:
@@ -363,7 +362,7 @@ class Llama3JsonToolParser(ToolParser):
 
     def _find_region(self, start: int) -> tuple[int, str] | None:
         if self._at_output_start:
-            stripped = self._text[start:].lstrip(_WHITESPACE)
+            stripped = self._text[start:].lstrip(JSON_WHITESPACE)
             if stripped:
                 self._at_output_start = False
                 if stripped[0] == "{":
