@@ -10,14 +10,20 @@ assembled from the committed episodes in source order, so it is the same whateve
 Work layout under the output directory:
     .strata/manifest.jsonl      one JSON line per committed episode
     .strata/staging/*.parquet   committed episodes (runtime.robot.schema rows)
+    .strata/features.json       the dataset's feature spec, fixed by the first episode committed
     quarantine/quarantine.jsonl one JSON line per rejected input: source and reason
     quarantine/<file>           a copy of each rejected input file
+
+An episode is checked before commit (runtime.robot.formats.episode_checks): safe feature keys, a
+frame_index without gaps and the dataset's feature spec. One that fails is quarantined with the
+reason instead of being committed, so it can never fail `finalize_lerobot` on every rerun.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -31,6 +37,9 @@ import pyarrow.parquet as pq
 from ray.data.datasource import Datasink
 
 from runtime.robot import schema as S
+from runtime.robot.formats.episode_checks import episode_problems, spec_mismatches
+
+logger = logging.getLogger(__name__)
 
 WORK_DIR = ".strata"
 QUARANTINE_DIR = "quarantine"
@@ -68,19 +77,37 @@ class Quarantine:
         self.journal = self.dir / "quarantine.jsonl"
 
     def add(self, source: str, reason: str) -> None:
-        path = Path(source.split("#", 1)[0])
-        copied_to = None
-        if path.is_file():
-            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-            target = self.dir / f"{digest}-{path.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            copied_to = str(target)
-        elif path.is_dir():
-            target = self.dir / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}-{path.name}"
-            shutil.copytree(path, target, dirs_exist_ok=True)
-            copied_to = str(target)
-        _append_line(self.journal, {"source": source, "reason": reason, "copied_to": copied_to, "time": time.time()})
+        """Record `source` as rejected for `reason` and copy its input file (or bag directory) here.
+
+        The copy never moves or changes the source. When it fails (a full disk, an unreadable part of
+        a bag), the failure is logged and recorded with the entry, and the job goes on."""
+        copied_to, not_copied = self._copy(Path(source.split("#", 1)[0]))
+        record = {"source": source, "reason": reason, "copied_to": copied_to, "time": time.time()}
+        if not_copied is not None:
+            record["not_copied"] = not_copied
+        _append_line(self.journal, record)
+
+    def _copy(self, path: Path) -> tuple[str | None, str | None]:
+        """(where the copy went, why there is none)."""
+        if not path.exists():
+            return None, None
+        if path.is_dir() and (path / "meta" / "info.json").exists():
+            return None, f"an episode of the LeRobot dataset {path}; the dataset is not copied"
+        name = f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}-{path.name}"
+        target, partial = self.dir / name, self.dir / f".partial-{os.getpid()}-{name}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, partial, symlinks=False)
+                shutil.rmtree(target, ignore_errors=True)  # an older copy of the same source
+            else:
+                shutil.copy2(path, partial)
+            os.replace(partial, target)  # a copy is either whole under its name or not there
+        except OSError as error:  # shutil.Error is an OSError too
+            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+            logger.warning("quarantine: could not copy %s to %s: %s", path, target, error)
+            return None, f"copy failed: {type(error).__name__}: {error}"
+        return str(target), None
 
     def entries(self) -> list[dict]:
         """One entry per source (the latest), in source order."""
@@ -96,6 +123,7 @@ class EpisodeManifest:
         self.work = self.root / WORK_DIR
         self.staging = self.work / "staging"
         self.journal = self.work / "manifest.jsonl"
+        self.spec_path = self.work / "features.json"
 
     def committed(self) -> dict[str, dict]:
         """episode_source -> manifest entry, for every committed episode whose file is present."""
@@ -108,12 +136,40 @@ class EpisodeManifest:
     def staged_path(self, source: str) -> Path:
         return self.staging / (hashlib.sha1(source.encode()).hexdigest()[:20] + ".parquet")
 
+    def feature_spec(self) -> dict[str, dict] | None:
+        """The dataset's feature spec (runtime.robot.formats.episode_checks), None before the first commit."""
+        return json.loads(self.spec_path.read_text()) if self.spec_path.exists() else None
+
+    def fix_feature_spec(self, spec: dict[str, dict]) -> dict[str, dict]:
+        """Make `spec` the dataset's unless one is already fixed; returns the dataset's spec.
+
+        Commits run in parallel tasks: the first to link its file wins, the others read the winner's."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        temporary = self.spec_path.with_suffix(f".tmp-{os.getpid()}-{time.monotonic_ns()}")
+        temporary.write_text(json.dumps(spec, sort_keys=True))
+        try:
+            os.link(temporary, self.spec_path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+        return self.feature_spec()
+
+    def admission_problems(self, episode: pa.Table) -> list[str]:
+        """Why `episode` may not join this dataset (empty: it may)."""
+        spec = self.feature_spec()
+        found, problems = episode_problems(episode, spec)
+        if spec is None and not problems:
+            problems = spec_mismatches(self.fix_feature_spec(found), found)
+        return problems
+
+    def withdraw(self, source: str) -> None:
+        """Take a committed episode back out (its journal line stays; committed() needs the file)."""
+        self.staged_path(source).unlink(missing_ok=True)
+
     def commit(self, episode: pa.Table) -> dict[str, Any]:
         """Commit one complete episode; returns its manifest entry."""
-        sources = set(episode.column(S.EPISODE_SOURCE).to_pylist())
-        if len(sources) != 1 or None in sources:
-            raise ValueError(f"an episode to commit needs one episode_source, got {sorted(map(str, sources))}")
-        source = sources.pop()
+        source = episode_source(episode)
         frame_index = episode.column(S.FRAME_INDEX).to_numpy()
         if not np.array_equal(np.sort(frame_index), np.arange(episode.num_rows)):
             raise ValueError(f"episode {source} is incomplete: frame_index is not 0..{episode.num_rows - 1}")
@@ -136,6 +192,13 @@ class EpisodeManifest:
             yield source, pq.read_table(self.staging / committed[source]["file"])
 
 
+def episode_source(episode: pa.Table) -> str:
+    sources = set(episode.column(S.EPISODE_SOURCE).to_pylist())
+    if len(sources) != 1 or None in sources:
+        raise ValueError(f"an episode to commit needs one episode_source, got {sorted(map(str, sources))}")
+    return sources.pop()
+
+
 def _num_points(table: pa.Table) -> int:
     if S.POINTCLOUD_NUM_POINTS not in table.column_names:
         return 0
@@ -143,9 +206,17 @@ def _num_points(table: pa.Table) -> int:
 
 
 def commit_block(root: str | Path, block: pa.Table) -> list[dict[str, Any]]:
-    """Commit every episode in a block (a block holds whole episodes)."""
+    """Commit every episode in a block (a block holds whole episodes) that fits the dataset; quarantine
+    the others with their reasons. Returns the entries committed."""
     manifest = EpisodeManifest(root)
-    return [manifest.commit(episode) for episode in S.episode_tables(block)]
+    entries = []
+    for episode in S.episode_tables(block):
+        problems = manifest.admission_problems(episode)
+        if problems:
+            Quarantine(root).add(episode_source(episode), "; ".join(problems))
+        else:
+            entries.append(manifest.commit(episode))
+    return entries
 
 
 def summarize(entries: Iterable[dict]) -> dict[str, int]:
@@ -187,29 +258,33 @@ class EpisodeCommitSink(Datasink):
 def finalize_lerobot(root: str | Path, *, fps: float | None = None, **writer_kwargs: Any) -> dict[str, int]:
     """Assemble every committed episode, in source order, into a LeRobot v3.0 dataset at `root`.
 
-    Built under .strata/build and moved into place, so a kill here is repaired by running it again.
+    Built under .strata/build and published at once (runtime.robot.formats.lerobot_publish): a kill
+    here leaves the previous dataset readable, and running it again finishes the job. An episode that
+    does not fit the dataset (committed before the checks existed) is quarantined and withdrawn.
     `fps` defaults to the rate of the first episode's timestamps. Returns totals.
     """
+    from runtime.robot.formats import lerobot_publish
     from runtime.robot.formats.lerobot import LeRobotWriter
 
     root = Path(root)
     manifest = EpisodeManifest(root)
-    build = manifest.work / "build"
-    shutil.rmtree(build, ignore_errors=True)
+    build = lerobot_publish.prepare_build(root, manifest.work)
+    first_chunk_index = lerobot_publish.next_chunk_index(root)
     writer = None
-    for _, episode in manifest.iter_committed():
+    for source, episode in manifest.iter_committed():
+        problems = manifest.admission_problems(episode)
+        if problems:
+            Quarantine(root).add(source, "; ".join(problems))
+            manifest.withdraw(source)
+            continue
         if writer is None:
             fps = fps or estimate_fps(episode)
-            writer = LeRobotWriter(build, fps=int(round(fps)), **writer_kwargs)
+            writer = LeRobotWriter(build, fps=int(round(fps)), first_chunk_index=first_chunk_index, **writer_kwargs)
         writer.add_episode(episode)
     if writer is None:
         return {"episodes": 0, "frames": 0}
     writer.finalize()
-    for name in ("meta", "data", "videos"):
-        shutil.rmtree(root / name, ignore_errors=True)
-        if (build / name).exists():
-            os.replace(build / name, root / name)
-    shutil.rmtree(build, ignore_errors=True)
+    lerobot_publish.publish(build, root)
     return {"episodes": writer.num_episodes, "frames": writer.num_frames}
 
 

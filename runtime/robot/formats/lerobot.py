@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from runtime.robot import schema as S
 from runtime.robot.formats import lerobot_stats
+from runtime.robot.formats.episode_checks import check_safe_key, resolve_inside
 from runtime.robot.formats.lerobot_layout import (
     CODEBASE_VERSION,
     DATA_PATH,
@@ -62,6 +63,7 @@ class LeRobotWriterConfig:
     video_files_size_in_mb: float = 500.0
     video_codec: str = DEFAULT_VIDEO_CODEC
     use_videos: bool = True
+    first_chunk_index: int = 0  # above every chunk of a dataset being replaced (runtime.robot.formats.lerobot_publish)
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -70,6 +72,8 @@ class LeRobotWriterConfig:
             raise ValueError(f"chunks_size must be > 0, got {self.chunks_size}")
         if self.data_files_size_in_mb <= 0 or self.video_files_size_in_mb <= 0:
             raise ValueError("data_files_size_in_mb and video_files_size_in_mb must be > 0")
+        if self.first_chunk_index < 0:
+            raise ValueError(f"first_chunk_index must be >= 0, got {self.first_chunk_index}")
 
 
 class LeRobotWriter:
@@ -81,12 +85,14 @@ class LeRobotWriter:
     def __init__(self, root: str | Path, fps: int, features: dict | None = None, **config: Any):
         self.root = Path(root)
         self.config = LeRobotWriterConfig(fps=fps, **config)
+        for key in features or {}:
+            check_safe_key(key, f"{self.root}")
         self.features = features
         self.num_episodes = 0
         self.num_frames = 0
         self._tasks: dict[str, int] = {}
         self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
-        self._data = FileCursor(self.config.chunks_size)
+        self._data = FileCursor(self.config.chunks_size, self.config.first_chunk_index)
         self._data_writer: pq.ParquetWriter | None = None
         self._data_bytes = 0
         self._episodes_writer: pq.ParquetWriter | None = None
@@ -108,8 +114,11 @@ class LeRobotWriter:
         if table.num_rows == 0:
             raise ValueError("an episode needs at least one frame")
         if self.features is None:
-            self.features = infer_features(table, self.config.fps, use_videos=self.config.use_videos,
-                                           video_codec=self.config.video_codec)
+            features = infer_features(table, self.config.fps, use_videos=self.config.use_videos,
+                                      video_codec=self.config.video_codec)
+            for key in features:  # a key becomes a path (videos/<key>/...): never one outside root
+                check_safe_key(key, f"{self.root}")
+            self.features = features
         episode_index = self.num_episodes
         tasks = [task] * table.num_rows if task is not None else table.column(S.TASK).to_pylist()
         if any(t is None for t in tasks):
@@ -145,7 +154,7 @@ class LeRobotWriter:
             self._data_writer = None
             self._data.advance()
         if self._data_writer is None:
-            path = self.root / DATA_PATH.format(**self._data.indices)
+            path = resolve_inside(self.root, DATA_PATH.format(**self._data.indices), "data path")
             path.parent.mkdir(parents=True, exist_ok=True)
             self._data_writer = pq.ParquetWriter(path, data.schema)
             self._data_bytes = 0
@@ -154,14 +163,14 @@ class LeRobotWriter:
         return {"data/chunk_index": self._data.chunk_index, "data/file_index": self._data.file_index}
 
     def _write_video(self, key: str, frames: np.ndarray) -> dict[str, Any]:
-        cursor = self._video_cursors.setdefault(key, FileCursor(self.config.chunks_size))
+        cursor = self._video_cursors.setdefault(key, FileCursor(self.config.chunks_size, self.config.first_chunk_index))
         writer = self._videos.get(key)
         if writer is not None and writer.size_bytes >= self.config.video_files_size_in_mb * _MB:
             writer.close()
             cursor.advance()
             writer = None
         if writer is None:
-            path = self.root / VIDEO_PATH.format(video_key=key, **cursor.indices)
+            path = resolve_inside(self.root, VIDEO_PATH.format(video_key=key, **cursor.indices), "video path")
             height, width = frames.shape[1:3]
             writer = VideoFileWriter(path, fps=self.config.fps, height=height, width=width,
                                      codec=self.config.video_codec)
@@ -201,8 +210,9 @@ class LeRobotWriter:
              "metadata": None}], "pandas_version": "2.0.0"}
         tasks = tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
         pq.write_table(tasks, self.root / TASKS_PATH)
-        merged = {key: lerobot_stats.merge_stats([stats[key] for stats in self._episode_stats])
-                  for key in self._episode_stats[0]}
+        keys = dict.fromkeys(key for stats in self._episode_stats for key in stats)  # some frames may be null
+        merged = {key: lerobot_stats.merge_stats([stats[key] for stats in self._episode_stats if key in stats])
+                  for key in keys}
         (self.root / STATS_PATH).write_text(json.dumps(lerobot_stats.to_json(merged), indent=2))
         info = {
             "codebase_version": CODEBASE_VERSION,

@@ -36,9 +36,9 @@ _SKIP_COLUMNS = {S.TASK, S.EPISODE_INDEX, S.FRAME_INDEX, S.TIMESTAMP}
 class FileCursor:
     """(chunk_index, file_index) of the file being written; a chunk holds `chunks_size` files."""
 
-    def __init__(self, chunks_size: int):
+    def __init__(self, chunks_size: int, first_chunk_index: int = 0):
         self.chunks_size = chunks_size
-        self.chunk_index = 0
+        self.chunk_index = first_chunk_index
         self.file_index = 0
 
     def advance(self) -> None:
