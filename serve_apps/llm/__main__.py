@@ -1,7 +1,8 @@
 """Serve models behind an OpenAI-compatible API, colocated or with prefill/decode disaggregation.
 
     python -m serve_apps.llm --model DIR_OR_HF_ID [--model ...] [--served-model-name NAME ...] [--mode pd|colocated]
-        [--num-prefill N] [--num-decode M] [--quantization int8|fp8] [--port 8000] [--api-key KEY]
+        [--num-prefill N] [--num-decode M] [--quantization int8|fp8] [--host 127.0.0.1] [--port 8000]
+        [--api-key-file PATH] [--allow-unauthenticated] [--enable-docs]
     ray job submit --working-dir . -- python -m serve_apps.llm --model /models/tiny --mode pd --num-prefill 1 --num-decode 2
 
 Examples:
@@ -15,7 +16,12 @@ Examples:
     python -m serve_apps.llm --model /models/llama-3.1-8b --served-model-name llama --enable-auto-tool-choice
         --tool-call-parser llama3_json --chat-template ./llama3.1_json.jinja --generation-config vllm
 
+API key: $STRATA_API_KEY or --api-key-file, never a flag (a command line shows in `ps` and in job entrypoints).
+A host other than loopback needs a key, or --allow-unauthenticated said out loud.
+
 Joins RAY_ADDRESS or starts a local cluster, prints the base URL and blocks until Ctrl-C.
+If Serve's HTTP proxy already runs on this cluster bound to another host or port, it stops with both named
+(Serve itself would warn and serve on the old address).
 Before deploying it checks the replicas against the cluster's CPUs (runtime.placement_fit): on an
 embedded cluster the default per-replica CPUs shrink to fit, a given --num-cpus-per-replica does not;
 a cluster that cannot hold them, and has no autoscaler to grow, is an error naming CPUs and flags.
@@ -25,7 +31,7 @@ The same app from a config file: `serve run cluster_configs/serve/llm_pd.yaml`.
 from __future__ import annotations
 
 import argparse
-import os
+import ipaddress
 import signal
 import threading
 from typing import Any
@@ -35,7 +41,7 @@ from ray import serve
 from runtime.cluster import connect, place
 from runtime.placement_fit import ReplicaGroup
 from serve_apps.llm.builder import build_openai_app, build_pd_openai_app
-from serve_apps.llm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, LLMServingArgs
+from serve_apps.llm.config import API_KEY_ENV, REASONING_PARSERS, TOOL_CALL_PARSERS, LLMServingArgs
 from serve_apps.llm.placement import replica_groups, with_num_cpus
 
 DEFAULT_NUM_CPUS_PER_REPLICA = 1.0
@@ -53,6 +59,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+class _RefuseKeyOnCommandLine(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not accepted: a key on the command line shows in `ps` and in job "
+                     f"entrypoints; export {API_KEY_ENV}=KEY or pass --api-key-file PATH")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,8 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-pd-prompt-tokens", type=int, default=32, help="shorter prompts skip prefill (pd mode)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    parser.add_argument("--api-key", default=os.environ.get("STRATA_API_KEY"),
-                        help="require `Authorization: Bearer KEY` (default: $STRATA_API_KEY, else none)")
+    parser.add_argument("--api-key-file", default=None,
+                        help=f"a file holding the key requests need as `Authorization: Bearer KEY` (default: "
+                             f"${API_KEY_ENV}, else no key)")
+    parser.add_argument("--api-key", action=_RefuseKeyOnCommandLine, help=argparse.SUPPRESS)
+    parser.add_argument("--allow-unauthenticated", action="store_true",
+                        help="serve a non-loopback --host without an API key (anyone who reaches it can use it)")
+    parser.add_argument("--enable-docs", action="store_true", help="serve /docs, /redoc and /openapi.json")
     parser.add_argument("--name", default="llm", help="Serve application name")
     return parser
 
@@ -145,7 +162,42 @@ def serving_args(args: argparse.Namespace) -> LLMServingArgs:
                 "generation_config": args.generation_config,
             }
         )
-    return LLMServingArgs(llm_configs=configs, api_key=args.api_key)
+    return LLMServingArgs(llm_configs=configs, api_key_file=args.api_key_file, enable_docs=args.enable_docs)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def check_exposure(host: str, has_api_key: bool, allow_unauthenticated: bool) -> None:
+    """A non-loopback host without a key serves anyone who reaches it: only when asked for by name."""
+    if not has_api_key and not allow_unauthenticated and not is_loopback(host):
+        raise ValueError(f"--host {host} without an API key lets anyone who reaches it use the models; export "
+                         f"{API_KEY_ENV}=KEY or pass --api-key-file PATH (or --allow-unauthenticated to mean it)")
+
+
+def check_proxy_address(requested: tuple[str, int], running: tuple[str, int]) -> None:
+    """Serve keeps a running proxy's address and only warns about a new one; serving elsewhere than asked is
+    an error here."""
+    if tuple(requested) != tuple(running):
+        raise RuntimeError(
+            f"Serve's HTTP proxy on this cluster already listens on {running[0]}:{running[1]}, not the "
+            f"{requested[0]}:{requested[1]} asked for; pass --host {running[0]} --port {running[1]}, or run "
+            "`serve shutdown` first")
+
+
+def start_http(host: str, port: int) -> None:
+    """serve.start on host:port, or an error naming both addresses when a proxy runs elsewhere already."""
+    from ray.serve.context import _get_global_client  # Ray has no public getter for the running address
+
+    serve.start(http_options={"host": host, "port": port})
+    config = _get_global_client().http_config
+    check_proxy_address((host, port), (config.host, config.port))
 
 
 def cli_replica_groups(args: argparse.Namespace, serving: LLMServingArgs) -> list[ReplicaGroup]:
@@ -159,12 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         serving = serving_args(args)
+        check_exposure(args.host, serving.resolved_api_key() is not None, args.allow_unauthenticated)
     except ValueError as error:  # a flag the user gave (pydantic's ValidationError is one too): usage + message
         parser.error(str(error))
     connect()
     fit = place(cli_replica_groups(args, serving), prog="python -m serve_apps.llm")
     serving = with_num_cpus(serving, args.mode, fit.num_cpus)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    try:
+        start_http(args.host, args.port)
+    except RuntimeError as error:
+        raise SystemExit(f"python -m serve_apps.llm: {error}") from None
     builder = build_pd_openai_app if args.mode == "pd" else build_openai_app
     serve.run(builder(serving), name=args.name, route_prefix="/")
     models = ", ".join(config.model_id for config in serving.llm_configs)

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import ray
 from ray import serve
-from ray.serve.config import RequestRouterConfig
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 from ray.serve.deployment import Application
 
 from runtime.cluster import cluster_cpus
@@ -20,9 +20,14 @@ from serve_apps.llm.config import LLMConfig, LLMServingArgs, deployment_name, de
 from serve_apps.llm.ingress import OpenAiIngress
 from serve_apps.llm.pd_server import PDDecodeServer, PDPrefillServer
 from serve_apps.llm.placement import check_fits, ingress_options
+from serve_apps.llm.request_limits import checkpoint_max_model_len
 from serve_apps.llm.server import LLMServer
 
 ROUTING_STATS_PERIOD_S = 1.0
+# The ingress's own queue (requests waiting for one of its max_ongoing_requests slots): bounded, and a full
+# one answers 429 with Retry-After instead of Serve's default 503. `ingress_deployment_config` overrides both.
+INGRESS_MAX_QUEUED_REQUESTS = 256
+INGRESS_BACKPRESSURE = BackpressureConfig(status_code=429, retry_after_s=1)
 
 
 def _router_config(router_class: str, **kwargs: Any) -> RequestRouterConfig:
@@ -47,11 +52,17 @@ def _max_model_len(config: LLMConfig) -> int | None:
     return int(value) if value else None
 
 
+def ingress_deployment_options(args: LLMServingArgs) -> dict[str, Any]:
+    return {"max_queued_requests": INGRESS_MAX_QUEUED_REQUESTS, "backpressure_config": INGRESS_BACKPRESSURE,
+            **ingress_options(args)}
+
+
 def _ingress(args: LLMServingArgs, servers: dict[str, Application]) -> Application:
-    options = ingress_options(args)
     lens = {c.model_id: n for c in args.llm_configs if (n := _max_model_len(c))}
-    return serve.deployment(OpenAiIngress, name="OpenAiIngress", **options).bind(
-        llm_deployments=servers, api_key=args.api_key, max_model_lens=lens
+    bounds = {c.model_id: n for c in args.llm_configs if (n := checkpoint_max_model_len(c.model_source, c.engine_kwargs))}
+    return serve.deployment(OpenAiIngress, name="OpenAiIngress", **ingress_deployment_options(args)).bind(
+        llm_deployments=servers, api_key=args.resolved_api_key(), max_model_lens=lens, max_model_len_bounds=bounds,
+        max_request_body_bytes=args.max_request_body_bytes, enable_docs=args.enable_docs,
     )
 
 

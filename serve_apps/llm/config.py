@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_apps.llm import reasoning_parsers, tool_parsers
 from serve_apps.llm.model_source import cached_model_id, hf_model_id, resolve_model_source
+from serve_apps.llm.request_limits import DEFAULT_MAX_REQUEST_BODY_BYTES
 
 # Output parsers by model format (`--tool-call-parser`, `--reasoning-parser`); the parser registries use these keys.
 # The parser registries' names (`--tool-call-parser`, `--reasoning-parser`).
@@ -159,19 +160,56 @@ class LLMConfig(BaseModel):
         return self
 
 
+API_KEY_ENV = "STRATA_API_KEY"
+
+
 class LLMServingArgs(BaseModel):
     """Args of `build_openai_app` and `build_pd_openai_app` (also the `args:` of a Serve config YAML)."""
 
     model_config = ConfigDict(extra="forbid")
     llm_configs: list[LLMConfig] = Field(min_length=1)
     ingress_deployment_config: dict[str, Any] = Field(default_factory=dict)
-    api_key: str | None = Field(None, description="if set, requests need `Authorization: Bearer KEY`")
+    api_key: str | None = Field(None, description="requests need `Authorization: Bearer KEY` (for Python callers; "
+                                                  "YAMLs and the CLI take api_key_file or $STRATA_API_KEY)")
+    api_key_file: str | None = Field(None, description="a file holding the key, read where the app is built")
+    enable_docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (off: they answer 404)")
+    max_request_body_bytes: int = Field(DEFAULT_MAX_REQUEST_BODY_BYTES, ge=1024,
+                                        description="a larger body is a 413 before it is parsed")
     request_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("ingress_deployment_config")
     @classmethod
     def _check_ingress(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_deployment_options("ingress_deployment_config", value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("api_key must not be empty (leave it unset for no key)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> LLMServingArgs:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give api_key or api_key_file, not both")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        """The key requests need: api_key, else api_key_file's content, else $STRATA_API_KEY, else None."""
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_file is not None:
+            path = os.path.expanduser(self.api_key_file)
+            try:
+                with open(path) as file:
+                    key = file.read().strip()
+            except OSError as error:
+                raise ValueError(f"api_key_file {path!r} cannot be read where the app is built: {error}") from None
+            if not key:
+                raise ValueError(f"api_key_file {path!r} is empty")
+            return key
+        return os.environ.get(API_KEY_ENV) or None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> LLMServingArgs:

@@ -93,7 +93,7 @@ def _location(error: dict[str, Any]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map FastAPI's own errors (bad JSON, wrong types, unknown routes) to OpenAI error bodies."""
+    """Map FastAPI's own errors (bad JSON, wrong types, unknown routes) and server faults to OpenAI error bodies."""
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,3 +107,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _on_openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
         return exc.to_response()
+
+    @app.exception_handler(Exception)
+    async def _on_server_fault(request: Request, exc: Exception) -> JSONResponse:
+        # A server fault, not the client's: the body says so, and front_door.FrontDoor logs the traceback once
+        # (Starlette re-raises after answering).
+        return JSONResponse(error_body("internal server error; the server's log has the traceback", 500),
+                            status_code=500)

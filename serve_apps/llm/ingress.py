@@ -1,21 +1,22 @@
 """`OpenAiIngress`: the FastAPI deployment in front of the model servers (`/v1/...`, SSE streaming).
 
-It validates bodies, checks the API key, routes by `model` to that model's server deployment
-(`Decode:<model>` in the pd app, `LLMServer:<model>` colocated) and shapes the server's delta
-chunks into OpenAI responses. Overload (Serve's bounded queue or a replica's waiting bound) is a
-429 with Retry-After; a replica that dies before the first token is retried once on another.
+Its front door (front_door.py) checks the API key and caps the body before FastAPI parses it; then it
+validates bodies, bounds the prompt by characters before any tokenizer sees it (request_limits.py), routes
+by `model` to that model's server deployment (`Decode:<model>` in the pd app, `LLMServer:<model>`
+colocated) and shapes the server's delta chunks into OpenAI responses. Overload (Serve's bounded queues,
+this deployment's included, or a replica's waiting bound) is a 429 with Retry-After; a replica that dies
+before the first token is retried once on another.
 """
 
-# No `from __future__ import annotations`: FastAPI must resolve the endpoint annotations (Request, bodies)
+# No `from __future__ import annotations`: FastAPI must resolve the endpoint annotations (the bodies)
 # after Serve rewraps the methods, from another module's globals.
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -23,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serve_apps.llm.errors import OpenAIError, error_body, install_error_handlers
+from serve_apps.llm.front_door import FrontDoor, FrontDoorConfig
 from serve_apps.llm.openai_format import Aggregate, ResponseShape, StreamFormatter, sse
 from serve_apps.llm.protocol import (
     ChatCompletionRequest,
@@ -30,6 +32,7 @@ from serve_apps.llm.protocol import (
     TokenizeRequest,
     to_generate_request,
 )
+from serve_apps.llm.request_limits import DEFAULT_MAX_REQUEST_BODY_BYTES, check_prompt_size
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +49,22 @@ class OpenAiIngress:
         llm_deployments: dict[str, DeploymentHandle],
         api_key: str | None = None,
         max_model_lens: dict[str, int] | None = None,
+        max_model_len_bounds: dict[str, int] | None = None,
+        max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+        enable_docs: bool = False,
     ):
+        """max_model_lens: contexts set in engine_kwargs (shown on model cards); max_model_len_bounds: upper
+        bounds on every model's context (engine_kwargs or the checkpoint), which size-check prompts."""
         self.handles = llm_deployments
-        self.api_key = api_key
         self.max_model_lens = max_model_lens or {}
+        self.max_model_len_bounds = max_model_len_bounds or {}
+        self.front_door = FrontDoorConfig(api_key=api_key, max_request_body_bytes=max_request_body_bytes,
+                                          enable_docs=enable_docs)
         self.created = int(time.time())
+
+    def __serve_build_asgi_app__(self) -> FrontDoor:
+        """Serve calls this after __init__: the app it serves is the FastAPI app behind this replica's front door."""
+        return FrontDoor(self.app, self.front_door)
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -59,19 +73,16 @@ class OpenAiIngress:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    async def models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+    async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._card(model_id) for model_id in self.handles]}
 
     @app.get("/v1/models/{model:path}")
-    async def model(self, model: str, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+    async def model(self, model: str) -> dict[str, Any]:
         self._handle(model)
         return self._card(model)
 
     @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        self._authorize(request)
+    async def completions(self, body: CompletionRequest) -> Response:
         shape = ResponseShape(
             chat=False, response_id=f"cmpl-{uuid.uuid4().hex}", model=body.model,
             want_logprobs=body.logprobs is not None, echo=body.echo,
@@ -79,21 +90,24 @@ class OpenAiIngress:
         return await self._serve(body, shape)
 
     @app.post("/v1/chat/completions")
-    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        self._authorize(request)
+    async def chat(self, body: ChatCompletionRequest) -> Response:
         shape = ResponseShape(chat=True, response_id=f"chatcmpl-{uuid.uuid4().hex}", model=body.model,
                               want_logprobs=body.logprobs)
         return await self._serve(body, shape)
 
     @app.post("/tokenize")
-    async def tokenize(self, body: TokenizeRequest, request: Request) -> Response:
+    async def tokenize(self, body: TokenizeRequest) -> Response:
         """vLLM's /tokenize: the token ids a prompt or chat (rendered by the served template) becomes."""
-        self._authorize(request)
+        handle = self._handle(body.model)
+        check_prompt_size(body, self.max_model_len_bounds.get(body.model))
         try:
             server_request = body.to_server()
         except ValueError as exc:
             raise OpenAIError(str(exc)) from None
-        result = await self._handle(body.model).tokenize.remote(server_request)
+        try:
+            result = await handle.tokenize.remote(server_request)
+        except BackPressureError:
+            raise _overloaded() from None
         if "error" in result:
             return OpenAIError.from_chunk(result).to_response()
         return JSONResponse(result)
@@ -106,13 +120,6 @@ class OpenAiIngress:
             card["max_model_len"] = self.max_model_lens[model_id]
         return card
 
-    def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
-            raise OpenAIError("invalid or missing API key", status_code=401, code="invalid_api_key")
-
     def _handle(self, model: str) -> DeploymentHandle:
         if model not in self.handles:
             raise OpenAIError(
@@ -123,6 +130,7 @@ class OpenAiIngress:
 
     async def _serve(self, body: CompletionRequest | ChatCompletionRequest, shape: ResponseShape) -> Response:
         handle = self._handle(body.model)
+        check_prompt_size(body, self.max_model_len_bounds.get(body.model))
         try:
             generate_request = to_generate_request(shape.response_id, body).model_dump()
         except ValueError as exc:
@@ -153,9 +161,7 @@ class OpenAiIngress:
             try:
                 return stream, await stream.__anext__()
             except BackPressureError:
-                raise OpenAIError(
-                    "server overloaded; retry later", status_code=429, code="overloaded", retry_after_s=1.0
-                ) from None
+                raise _overloaded() from None
             except StopAsyncIteration:
                 raise OpenAIError("model server returned no output", status_code=503) from None
             except _RETRYABLE as exc:
@@ -187,3 +193,6 @@ class OpenAiIngress:
             if not completed:  # client went away: cancel downstream so the engine frees its blocks
                 stream.cancel()
 
+
+def _overloaded() -> OpenAIError:
+    return OpenAIError("server overloaded; retry later", status_code=429, code="overloaded", retry_after_s=1.0)

@@ -15,10 +15,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_apps.llm.request_limits import find_lone_surrogate
+
 MAX_N = 16
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+# Size bounds checked while the body is validated, before anything is tokenized; the prompt as a whole is also
+# bounded by the model's context (request_limits.check_prompt_size) and the body by max_request_body_bytes.
+MAX_MESSAGES = 1024
+MAX_CONTENT_PARTS = 256
+MAX_CONTENT_CHARS = 2**20  # one message's text
+MAX_STOP_CHARS = 256  # one stop sequence
+MAX_TOOLS = 128  # OpenAI's limit
 
 # The one place listing fields we accept and do not act on (documented in the README's Model API section).
 ACCEPTED_WITHOUT_EFFECT = {
@@ -35,6 +44,19 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _RequestBody(_Body):
+    """A whole request body: its text must be valid Unicode before any of it reaches a template or tokenizer."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        path = find_lone_surrogate(data)
+        if path is not None:
+            raise ValueError(f"{path} contains a lone UTF-16 surrogate (such as \\ud800), which is not valid "
+                             "Unicode text; send well-formed UTF-8")
+        return data
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
     continuous_usage_stats: bool = False
@@ -47,7 +69,7 @@ class StreamOptions(_Body):
         return value
 
 
-class _SamplingFields(_Body):
+class _SamplingFields(_RequestBody):
     model: str
     n: int = Field(1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(None, ge=1)
@@ -82,6 +104,9 @@ class _SamplingFields(_Body):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty")
+        longest = max((len(s) for s in stops), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters, got {longest}")
         return stops or None
 
     @field_validator("logit_bias")
@@ -173,6 +198,15 @@ class ChatMessage(_Body):
     annotations: list[Any] | None = None
     audio: None = None
     function_call: None = None
+
+    @field_validator("content")
+    @classmethod
+    def _bounded_content(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(value, str) and len(value) > MAX_CONTENT_CHARS:
+            raise ValueError(f"content may be at most {MAX_CONTENT_CHARS} characters, got {len(value)}")
+        if isinstance(value, list) and len(value) > MAX_CONTENT_PARTS:
+            raise ValueError(f"content may have at most {MAX_CONTENT_PARTS} parts, got {len(value)}")
+        return value
 
     @field_validator("annotations")
     @classmethod
@@ -271,12 +305,12 @@ class ResponseFormat(_Body):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[ChatTool] | None = None
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
@@ -311,13 +345,13 @@ class ChatCompletionRequest(_SamplingFields):
         return self.tool_choice
 
 
-class TokenizeRequest(_Body):
+class TokenizeRequest(_RequestBody):
     """vLLM's `POST /tokenize`: a prompt, or chat messages rendered by the model's template."""
 
     model: str
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[ChatTool] | None = None
+    messages: list[ChatMessage] | None = Field(None, max_length=MAX_MESSAGES)
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
     documents: list[dict[str, Any]] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
