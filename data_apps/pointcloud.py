@@ -6,7 +6,9 @@
 
 Shows Ray Data's progress, exports points/rows counters per stage (`strata_data_stage_points_total`)
 and points/s, rows/s gauges (`strata_data_points_per_s`, `strata_data_rows_per_s`), and prints a
-summary (also written to DIR/summary.json with --output).
+summary (also written to DIR/summary.json with --output). A depth file that cannot be read, or is
+not --height x --width, is copied to DIR/quarantine/ with its reason and left out (without --output:
+to a new temporary directory, named in the summary); the rest goes on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from data_apps.common import connect_cluster
+from data_apps.depth_frames import read_depth_frames
 from runtime import metrics
+from runtime.robot.manifest import Quarantine
 from runtime.robot.pointcloud.pipeline import (
     PointCloudPipelineConfig,
     build_pointcloud_pipeline,
@@ -41,22 +46,7 @@ class PointCloudSummary:
     frames_per_s: float
     points_per_s: float
     output: str | None
-
-
-def read_depth_frames(src: str):
-    """A directory of depth frames: 16-bit PNG in millimetres, or .npy arrays in depth_scale units."""
-    import ray.data
-
-    files = sorted(Path(src).rglob("*"))
-    pngs = [str(path) for path in files if path.suffix.lower() == ".png"]
-    npys = [str(path) for path in files if path.suffix.lower() == ".npy"]
-    if pngs and npys:
-        raise ValueError(f"src {src} mixes .png and .npy depth frames; use one kind")
-    if pngs:
-        return ray.data.read_binary_files(pngs).rename_columns({"bytes": "depth"})
-    if npys:
-        return ray.data.read_numpy(npys).rename_columns({"data": "depth"})
-    raise ValueError(f"src {src} holds no .png or .npy depth frames")
+    quarantined: list[dict]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +96,9 @@ def run(args: argparse.Namespace) -> PointCloudSummary:
             batch_size=args.batch_size,
         )
     else:
-        frames = read_depth_frames(args.src)
+        quarantine_root = args.output or tempfile.mkdtemp(prefix="strata-pointcloud-")
+        frames = read_depth_frames(args.src, height=args.height, width=args.width, quarantine_root=quarantine_root,
+                                   batch_size=args.batch_size)
     clouds = build_pointcloud_pipeline(frames, config)
     started = time.perf_counter()
     count_columns = ["num_points.depth", "num_points.sampled"]
@@ -131,6 +123,9 @@ def run(args: argparse.Namespace) -> PointCloudSummary:
         frames_per_s=round(frames_done / wall_s, 1),
         points_per_s=round(points_in / wall_s, 1),
         output=args.output,
+        quarantined=[] if args.src == "synthetic" else [
+            {"source": e["source"], "reason": e["reason"], "copied_to": e["copied_to"]}
+            for e in Quarantine(quarantine_root).entries()],
     )
     tags = {"pipeline": "pointcloud"}
     metrics.gauge("strata_data_rows_per_s", "frame rows per second, last run", ("pipeline",)).set(

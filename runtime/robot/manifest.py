@@ -10,13 +10,14 @@ assembled from the committed episodes in source order, so it is the same whateve
 Work layout under the output directory:
     .strata/manifest.jsonl      one JSON line per committed episode
     .strata/staging/*.parquet   committed episodes (runtime.robot.schema rows)
-    .strata/features.json       the dataset's feature spec, fixed by the first episode committed
+    .strata/features.json       the dataset's feature spec, fixed by the first finalize
     quarantine/quarantine.jsonl one JSON line per rejected input: source and reason
     quarantine/<file>           a copy of each rejected input file
 
 An episode is checked before commit (runtime.robot.formats.episode_checks): safe feature keys, a
-frame_index without gaps and the dataset's feature spec. One that fails is quarantined with the
-reason instead of being committed, so it can never fail `finalize_lerobot` on every rerun.
+frame_index without gaps and, once a finalize has fixed it, the dataset's feature spec. One that
+fails is quarantined with the reason instead of being committed; finalize checks every episode again
+(the first in source order fixes the spec), so none can fail `finalize_lerobot` on every rerun.
 """
 
 from __future__ import annotations
@@ -155,11 +156,14 @@ class EpisodeManifest:
             temporary.unlink()
         return self.feature_spec()
 
-    def admission_problems(self, episode: pa.Table) -> list[str]:
-        """Why `episode` may not join this dataset (empty: it may)."""
+    def admission_problems(self, episode: pa.Table, *, fix_spec: bool = False) -> list[str]:
+        """Why `episode` may not join this dataset (empty: it may).
+
+        Until the spec is fixed only the episode's own problems count: commits run in parallel, so the
+        first to commit is not a rule; finalize fixes it from the first episode in source order."""
         spec = self.feature_spec()
         found, problems = episode_problems(episode, spec)
-        if spec is None and not problems:
+        if spec is None and fix_spec and not problems:
             problems = spec_mismatches(self.fix_feature_spec(found), found)
         return problems
 
@@ -272,7 +276,7 @@ def finalize_lerobot(root: str | Path, *, fps: float | None = None, **writer_kwa
     first_chunk_index = lerobot_publish.next_chunk_index(root)
     writer = None
     for source, episode in manifest.iter_committed():
-        problems = manifest.admission_problems(episode)
+        problems = manifest.admission_problems(episode, fix_spec=True)
         if problems:
             Quarantine(root).add(source, "; ".join(problems))
             manifest.withdraw(source)
