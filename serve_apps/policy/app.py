@@ -4,40 +4,56 @@
 one and swaps a single reference; a batch already running keeps the model it started with, so no
 request is dropped or answered by half a model. Serve applies a user_config change in place (no
 replica restart), which is why the checkpoint travels in user_config and not in the init args.
+`{"checkpoint": None}` serves no policy: requests get 503 with Retry-After until one is deployed.
+
+Each observation is checked alone before it joins a batch (serve_apps.policy.observation), and the
+batch answers each item on its own (serve_apps.policy.batching): a bad observation fails only its
+own request. Over HTTP the API key and the body size are checked before the body is parsed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
-import numpy as np
-from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from runtime import metrics
+from serve_apps.policy.batching import group_batch
+from serve_apps.policy.http_guard import check_api_key, read_json_body, unwrap_observation
+from serve_apps.policy.observation import (
+    Observation,
+    ObservationLimits,
+    PolicyInputSpec,
+    PolicyRequestError,
+    not_ready_error,
+    parse_observation,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class PolicyObservation(BaseModel):
-    """One observation: the robot state vector, and a flat xyz point cloud for point-cloud policies."""
-
-    state: list[float]
-    pointcloud: list[float] | None = None
+@dataclass(kw_only=True, slots=True, frozen=True)
+class LoadedPolicy:
+    model: object  # torch.nn.Module
+    info: object  # runtime.robot.policy.PolicyInfo
+    spec: PolicyInputSpec
+    checkpoint: str
 
 
 class PolicyServer:
-    def __init__(self, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005, num_threads: int = 1):
+    def __init__(self, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005, num_threads: int = 1,
+                 *, limits: ObservationLimits, api_key: str | None = None):
         import torch
 
         torch.set_num_threads(num_threads)
         self._torch = torch
-        self._model = None
-        self._info = None
-        self._checkpoint: str | None = None
+        self._limits = limits
+        self._api_key = api_key
+        self._loaded: LoadedPolicy | None = None
         self._act_batch.set_max_batch_size(max_batch_size)
         self._act_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._batch_rows = metrics.histogram(
@@ -50,63 +66,82 @@ class PolicyServer:
         from runtime.robot.policy import load_policy
 
         checkpoint = user_config.get("checkpoint")
-        if not checkpoint:
-            raise ValueError("policy user_config.checkpoint must name a policy .safetensors file")
-        if checkpoint == self._checkpoint:
+        if checkpoint is None:
+            self._loaded = None
+            logger.info("policy serves no checkpoint (user_config.checkpoint is None): requests get 503")
+            return
+        if self._loaded is not None and checkpoint == self._loaded.checkpoint:
             return
         model, info = load_policy(checkpoint)
-        # One assignment of a tuple: a request sees the old pair or the new pair, never a mix.
-        self._model, self._info, self._checkpoint = model, info, checkpoint
+        spec = PolicyInputSpec(kind=info.config.kind, state_dim=info.config.state_dim,
+                               needs_pointcloud=info.config.kind == "pointnet")
+        # One reference swap: a request sees the old policy or the new one, never a mix.
+        self._loaded = LoadedPolicy(model=model, info=info, spec=spec, checkpoint=checkpoint)
         self._swaps.inc()
         logger.info("policy now serving %s (%s)", info.version, checkpoint)
 
     def info(self) -> dict:
-        if self._info is None:
-            raise RuntimeError("no checkpoint loaded yet")
+        loaded = self._loaded
+        if loaded is None:
+            raise not_ready_error()
         return {
-            "version": self._info.version,
-            "kind": self._info.config.kind,
-            "needs_pointcloud": self._info.config.kind == "pointnet",
-            "state_dim": self._info.config.state_dim,
-            "num_points": self._info.config.num_points,
-            "checkpoint": self._checkpoint,
-            "metadata": self._info.metadata,
+            "version": loaded.info.version,
+            "kind": loaded.spec.kind,
+            "needs_pointcloud": loaded.spec.needs_pointcloud,
+            "state_dim": loaded.spec.state_dim,
+            "num_points": loaded.info.config.num_points,
+            "checkpoint": loaded.checkpoint,
+            "metadata": loaded.info.metadata,
+            "max_points": self._limits.max_points,
         }
 
     async def act(self, observation: dict) -> dict:
-        """Handle entry: {"state": [...], "pointcloud": [...]?} -> {"action": [...], "version": str}."""
+        """Handle entry: {"state": [...], "pointcloud": [...]?} -> {"action": [...], "version": str}.
+
+        Raises PolicyRequestError (status_code 400/413, or 503 before a checkpoint is loaded).
+        """
         started_s = time.perf_counter()
-        parsed = PolicyObservation.model_validate(observation)
+        loaded = self._loaded
+        if loaded is None:
+            raise not_ready_error()
+        parsed = parse_observation(observation, spec=loaded.spec, limits=self._limits)
         result = await self._act_batch(parsed)
+        if isinstance(result, PolicyRequestError):
+            raise result
         self._latency.observe(time.perf_counter() - started_s)
         return result
 
     async def __call__(self, request: Request) -> JSONResponse:
         """HTTP entry: POST a JSON observation (optionally wrapped as {"observation": {...}})."""
         try:
-            body = await request.json()
-            observation = body.get("observation", body) if isinstance(body, dict) else body
-            return JSONResponse(await self.act(observation))
-        except (ValidationError, ValueError) as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
+            if request.method != "POST":
+                raise PolicyRequestError(f"use POST with a JSON observation, not {request.method}", status_code=405)
+            check_api_key(request.headers.get("authorization"), self._api_key)
+            body = await read_json_body(request, self._limits.max_body_bytes)
+            return JSONResponse(await self.act(unwrap_observation(body)))
+        except PolicyRequestError as error:
+            headers = {}
+            if error.retry_after_s is not None:
+                headers["Retry-After"] = str(error.retry_after_s)
+            if error.status_code == 401:
+                headers["WWW-Authenticate"] = "Bearer"
+            if error.status_code == 405:
+                headers["Allow"] = "POST"
+            return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def _act_batch(self, observations: list[PolicyObservation]) -> list[dict]:
+    async def _act_batch(self, observations: list[Observation]) -> list[dict | PolicyRequestError]:
+        """One answer per observation: its action, or the error that is its alone."""
         torch = self._torch
-        model, info = self._model, self._info
-        if model is None:
-            raise RuntimeError("no checkpoint loaded yet")
-        config = info.config
-        states = np.asarray([o.state for o in observations], dtype=np.float32)
-        if states.shape[1] != config.state_dim:
-            raise ValueError(f"observation.state must have {config.state_dim} values, got {states.shape[1]}")
-        points = None
-        if config.kind == "pointnet":
-            if any(o.pointcloud is None for o in observations):
-                raise ValueError("this policy needs observation.pointcloud (flat xyz)")
-            points = torch.as_tensor(np.stack([np.asarray(o.pointcloud, np.float32).reshape(-1, 3)
-                                               for o in observations]))
-        with torch.no_grad():
-            actions = model(torch.as_tensor(states), points).numpy()
-        self._batch_rows.observe(len(observations))
-        return [{"action": action.tolist(), "version": info.version} for action in actions]
+        loaded = self._loaded
+        if loaded is None:
+            return [not_ready_error() for _ in observations]
+        groups, results = group_batch(observations, loaded.spec)
+        for group in groups:
+            points = None if group.points is None else torch.as_tensor(group.points)
+            with torch.no_grad():
+                actions = loaded.model(torch.as_tensor(group.states), points).numpy()
+            self._batch_rows.observe(len(group.indices))
+            for index, action in zip(group.indices, actions):
+                results[index] = {"action": action.tolist(), "version": loaded.info.version}
+        return [results[index] for index in range(len(observations))]

@@ -1,28 +1,44 @@
 """`build_policy_app(args)`: the Serve application for a robot policy, and `deploy_policy` to run or swap it.
 
-    serve run serve_apps.policy.builder:build_policy_app checkpoint=ckpt/pick/policy.safetensors
+    serve run serve_apps.policy.builder:build_policy_app checkpoint=ckpt/pick/policy.safetensors \
+        api_key_file=/etc/strata/policy.key
 """
 
 from __future__ import annotations
 
 import ray
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from ray import serve
 
 from runtime.cluster import cluster_cpus
 from runtime.placement_fit import ClusterCpus, ReplicaGroup, fit_replicas
+from serve_apps.policy.access import check_api_key_text, resolve_api_key
 from serve_apps.policy.app import PolicyServer
+from serve_apps.policy.observation import ObservationLimits
 
 DEPLOYMENT_NAME = "Policy"
 
 
 class PolicyAppArgs(BaseModel):
-    checkpoint: str = Field(description="policy .safetensors file (or a directory holding policy.safetensors)")
+    checkpoint: str | None = Field(description="policy .safetensors file (or a directory holding "
+                                               "policy.safetensors); None serves 503s until one is deployed")
     num_replicas: int = Field(default=1, ge=1)
     max_batch_size: int = Field(default=64, ge=1)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
     num_cpus: float = Field(default=0.5, gt=0)
     max_ongoing_requests: int = Field(default=256, ge=1)
+    max_points: int = Field(default=65_536, ge=1, description="points per observation.pointcloud (else 413)")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
+                                description="HTTP body bytes (else 413); the default holds max_points as JSON")
+    api_key: str | None = Field(default=None, repr=False, min_length=1,
+                                description="if set, HTTP requests need `Authorization: Bearer KEY` (else 401)")
+    api_key_file: str | None = Field(default=None, description="a file holding the API key (for `serve run`, "
+                                                               "where api_key=... would sit on the command line)")
+
+    @field_validator("api_key")
+    @classmethod
+    def _printable_key(cls, key: str | None) -> str | None:
+        return None if key is None else check_api_key_text(key, "api_key")
 
 
 def replica_group(args: PolicyAppArgs, *, flag: str = "num_cpus", fixed: bool = True) -> ReplicaGroup:
@@ -34,6 +50,10 @@ def build_policy_app(args: PolicyAppArgs | dict) -> serve.Application:
     """On a connected cluster, first checks that the replicas fit its CPUs (never shrunk here)."""
     if isinstance(args, dict):
         args = PolicyAppArgs.model_validate(args)
+    if args.api_key_file is not None:
+        if args.api_key is not None:
+            raise ValueError("policy app args: give api_key or api_key_file, not both")
+        args = args.model_copy(update={"api_key": resolve_api_key(env_value=None, key_file=args.api_key_file)})
     if ray.is_initialized():
         cluster = cluster_cpus()
         fit_replicas([replica_group(args)], ClusterCpus(num_cpus=cluster.num_cpus, embedded=False,
@@ -46,7 +66,9 @@ def build_policy_app(args: PolicyAppArgs | dict) -> serve.Application:
         ray_actor_options={"num_cpus": args.num_cpus},
         user_config={"checkpoint": args.checkpoint},
     )
-    return deployment.bind(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s)
+    limits = ObservationLimits(max_points=args.max_points, max_body_bytes=args.max_body_bytes)
+    return deployment.bind(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
+                           limits=limits, api_key=args.api_key)
 
 
 def deploy_policy(args: PolicyAppArgs, *, app_name: str = "policy", route_prefix: str = "/policy"):
