@@ -3,6 +3,7 @@
     ckpt = CheckpointManager(checkpoint_dir, keep=3, replicate=True)
     ckpt.save_async(step, {"model": state_dict, "step": step}, metadata={"loss": 2.1})
     step, state, metadata = ckpt.latest()   # replica first, then the newest disk checkpoint that verifies
+    restored = ckpt.latest_agreed()         # on every rank of a process group: all get the same step
     ckpt.wait()                             # flush pending saves
 
 What Ray Train lacks and this adds: `ray.train.report(checkpoint=...)` is synchronous (every rank
@@ -28,7 +29,9 @@ import torch
 
 from runtime.elastic import checkpoint_format as fmt
 from runtime.elastic import checkpoint_replica as replica
+from runtime.elastic.checkpoint_restore import Loadable, RestoreSources, repair_disk_copy
 from runtime.elastic.progress import report_event
+from runtime.elastic.restore_agreement import NO_CHECKPOINT, agree_on_restore_step, is_deciding_rank
 from runtime.health.taxonomy import FaultClass
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class CheckpointManager:
         self.open_file: fmt.OpenFile = open
         self.failures: list[SaveFailure] = []
         self.saved_steps: list[int] = []
+        self.repaired_steps: list[int] = []  # steps whose damaged disk copy a restore rewrote from the replica
         self._pending: tuple[int, dict, dict | None] | None = None
         self._busy = False
         self._closed = False
@@ -201,76 +205,53 @@ class CheckpointManager:
             logger.warning("checkpoint step %d: in-memory replica not updated: %s", step, error)
 
     def _prune(self) -> None:
-        for step in fmt.list_steps(self.checkpoint_dir)[self.keep:]:
-            shutil.rmtree(os.path.join(self.checkpoint_dir, fmt.step_dir_name(step)), ignore_errors=True)
+        for _, path in fmt.list_checkpoint_dirs(self.checkpoint_dir)[self.keep:]:
+            shutil.rmtree(path, ignore_errors=True)
+        fmt.remove_superseded_aside_dirs(self.checkpoint_dir)
         fmt.remove_stale_temp_dirs(self.checkpoint_dir, older_than_s=_STALE_TEMP_DIR_S)
 
     # ---- restoring -------------------------------------------------------------------------------
     def latest(self) -> tuple[int, dict, dict] | None:
-        """(step, state, metadata) of the newest good checkpoint, or None when there is none.
+        """(step, state, metadata) of the newest good checkpoint this process can load, or None.
 
-        The in-memory replica wins when it is at least as new as the newest disk checkpoint; every
-        candidate is verified against its manifest, and a corrupt one is skipped (logged).
+        For one process (an export, a tool). Ranks of a process group call `latest_agreed` instead.
+        The in-memory replica wins when it is at least as new as the newest good disk copy; every
+        candidate is verified, and a damaged one is skipped (logged, reported). None - no checkpoint,
+        or none that is good - means training starts from step 0.
         """
-        blobs = self.latest_blobs()
-        if blobs is None:
-            return None
-        state, metadata = fmt.decode_state(blobs)
-        return blobs.step, state, metadata
+        sources = self._sources()
+        found = sources.newest()
+        return self._load(found, sources, repair=True)
 
-    def latest_blobs(self) -> fmt.CheckpointBlobs | None:
-        disk_steps = fmt.list_steps(self.checkpoint_dir)
-        from_replica = self._replica_blobs()
-        if from_replica is not None and (not disk_steps or from_replica.step >= disk_steps[0]):
-            try:
-                fmt.verify(from_replica)
-            except fmt.CheckpointCorruptError as error:
-                logger.error("checkpoint: in-memory replica is corrupt, using storage: %s", error)
-                _report_corrupt(f"in-memory replica: {error}")
-            else:
-                logger.info("checkpoint: restoring step %d from the in-memory replica", from_replica.step)
-                if disk_steps and disk_steps[0] == from_replica.step:
-                    self._repair_disk_copy(from_replica)
-                return from_replica
-        for step in disk_steps:
-            path = os.path.join(self.checkpoint_dir, fmt.step_dir_name(step))
-            try:
-                blobs = fmt.read_blobs(path)
-            except (fmt.CheckpointCorruptError, OSError) as error:
-                logger.error("checkpoint: skipping corrupt checkpoint %s: %s", path, error)
-                _report_corrupt(f"{path}: {error}")
-                continue
-            logger.info("checkpoint: restoring step %d from %s", step, path)
-            return blobs
-        return None
+    def latest_agreed(self) -> tuple[int, dict, dict] | None:
+        """`latest()` for every rank of the default process group at once (a collective): all ranks get
+        the same step, the newest that every rank can load; only rank 0 repairs a disk copy."""
+        sources = self._sources()
+        held: list[Loadable | None] = [None]
 
-    def _repair_disk_copy(self, good: fmt.CheckpointBlobs) -> None:
-        """The disk copy of the replica's step is checked too: if storage corrupted it, rewrite it."""
-        path = os.path.join(self.checkpoint_dir, fmt.step_dir_name(good.step))
-        try:
-            fmt.read_blobs(path)
-            return
-        except (fmt.CheckpointCorruptError, OSError) as error:
-            logger.error("checkpoint: disk copy %s is corrupt (%s); rewriting it from the replica", path, error)
-            _report_corrupt(f"{path}: {error} (repaired from the in-memory replica)")
-        try:
-            fmt.write_atomic(self.checkpoint_dir, good, open_file=self.open_file)
-        except OSError as error:  # e.g. another rank repaired it at the same moment, or the disk is full
-            logger.warning("checkpoint: could not rewrite %s: %s", path, error)
+        def propose(at_most: int | None) -> int:
+            held[0] = sources.newest(at_most)
+            return NO_CHECKPOINT if held[0] is None else held[0].blobs.step
 
-    def _replica_blobs(self) -> fmt.CheckpointBlobs | None:
-        if not self.replicate:
-            return None
-        import ray
+        step = agree_on_restore_step(propose)
+        found = held[0]
+        assert (found is None) == (step == NO_CHECKPOINT) and (found is None or found.blobs.step == step)
+        return self._load(found, sources, repair=is_deciding_rank())
 
-        actor = replica.find_replica(self.checkpoint_dir)
-        if actor is None:
+    def _sources(self) -> RestoreSources:
+        return RestoreSources(self.checkpoint_dir, replicate=self.replicate, replica_timeout_s=_REPLICA_TIMEOUT_S)
+
+    def _load(self, found: Loadable | None, sources: RestoreSources, *, repair: bool) -> tuple[int, dict, dict] | None:
+        if found is None:
+            if sources.num_damaged:
+                logger.error("checkpoint: no good checkpoint in %s (%d damaged, skipped); none to restore",
+                             self.checkpoint_dir, sources.num_damaged)
             return None
-        try:
-            return ray.get(actor.get.remote(), timeout=_REPLICA_TIMEOUT_S)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as error:
-            logger.warning("checkpoint: in-memory replica unavailable, using storage: %s", error)
-            return None
+        logger.info("checkpoint: restoring step %d from %s", found.blobs.step, found.source)
+        if repair and found.from_replica and repair_disk_copy(self.checkpoint_dir, found.blobs, self.open_file):
+            self.repaired_steps.append(found.blobs.step)
+        state, metadata = fmt.decode_state(found.blobs)
+        return found.blobs.step, state, metadata
 
     def _newest_disk_step(self) -> int | None:
         steps = fmt.list_steps(self.checkpoint_dir)
@@ -288,13 +269,3 @@ def _count_failure() -> None:
 
     if ray.is_initialized():
         metrics.counter("strata_checkpoint_save_failures_total", "checkpoint saves that failed").inc()
-
-
-def _report_corrupt(detail: str) -> None:
-    import ray
-
-    from runtime import metrics
-
-    report_event(FaultClass.CHECKPOINT_CORRUPT, detail)
-    if ray.is_initialized():
-        metrics.counter("strata_checkpoint_corrupt_total", "corrupt checkpoints skipped on restore").inc()

@@ -4,7 +4,8 @@ A checkpoint is a directory `step_00000120/` holding `tensors.safetensors` (ever
 the state), `state.json` (the rest of the state tree, with tensor leaves as references),
 `metadata.json`, and last `manifest.json` (step, sha256 and size of every other file). It is
 written into a hidden temp directory, fsynced, and renamed into place, so a crash mid-save never
-leaves a half checkpoint under a `step_*` name. The in-memory replica holds the same blobs, so one
+leaves a half checkpoint under a `step_*` name; a re-save of a step sets the old copy aside until the
+new one is in place. The in-memory replica holds the same blobs, so one
 verifier serves both.
 """
 
@@ -26,19 +27,25 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-TENSORS_FILE = "tensors.safetensors"
-STATE_FILE = "state.json"
-METADATA_FILE = "metadata.json"
-MANIFEST_FILE = "manifest.json"
+from runtime.elastic.checkpoint_manifest import (
+    MANIFEST_FILE,
+    METADATA_FILE,
+    STATE_FILE,
+    TENSORS_FILE,
+    CheckpointCorruptError,
+    parse_manifest,
+    validate_manifest,
+)
+
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _TMP_PREFIX = ".tmp_"
+# A committed step directory renamed aside while a re-save of its step takes its name: the old copy
+# stays whole until the new one is complete, then goes. After a crash in between it is the step's copy.
+ASIDE_PREFIX = ".aside_"
+_ASIDE_DIR = re.compile(rf"^{re.escape(ASIDE_PREFIX)}step_(\d{{8,}})_[0-9a-f]{{8}}$")
 
 # The writer opens files through this hook; tests swap it to simulate a full disk or a crash.
 OpenFile = Callable[[str, str], BinaryIO]
-
-
-class CheckpointCorruptError(Exception):
-    """A checkpoint whose files do not match its manifest (or that has no manifest)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -99,8 +106,10 @@ def encode_state(step: int, state: dict, metadata: dict | None) -> CheckpointBlo
 
 
 def verify(blobs: CheckpointBlobs) -> None:
-    """Raise CheckpointCorruptError unless every file matches the manifest's size and sha256."""
-    expected = blobs.manifest.get("files", {})
+    """Raise CheckpointCorruptError unless the manifest is well formed, names blobs.step, and every
+    file matches its size and sha256."""
+    validate_manifest(blobs.manifest, source=f"step {blobs.step}: {MANIFEST_FILE}", expected_step=blobs.step)
+    expected = blobs.manifest["files"]
     if set(expected) != set(blobs.files):
         raise CheckpointCorruptError(
             f"step {blobs.step}: files {sorted(blobs.files)} do not match manifest {sorted(expected)}"
@@ -133,13 +142,15 @@ def decode_state(blobs: CheckpointBlobs) -> tuple[dict, dict]:
 def write_atomic(root: str, blobs: CheckpointBlobs, open_file: OpenFile = open) -> str:
     """Write blobs under root/step_XXXXXXXX via temp dir + fsync + rename; return the final path.
 
-    On any error the temp directory is removed and the error propagates; existing checkpoints are
-    never touched.
+    On any error the temp directory is removed and the error propagates. A re-save of a step already
+    on disk renames the old copy aside first and removes it only once the new one is in place, so a
+    crash at any point leaves a whole copy of the step (see `list_checkpoint_dirs`).
     """
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, step_dir_name(blobs.step))
     tmp = os.path.join(root, f"{_TMP_PREFIX}{step_dir_name(blobs.step)}_{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
+    aside = None
     try:
         # Manifest last: a directory is only a checkpoint once its manifest is complete.
         names = [name for name in blobs.files if name != MANIFEST_FILE]
@@ -151,13 +162,17 @@ def write_atomic(root: str, blobs: CheckpointBlobs, open_file: OpenFile = open) 
                 handle.flush()
                 os.fsync(handle.fileno())
         if os.path.exists(final):
-            # A re-save of the same step (after a restart): replace it, still never leaving it partial.
-            shutil.rmtree(final)
+            aside = os.path.join(root, f"{ASIDE_PREFIX}{step_dir_name(blobs.step)}_{uuid.uuid4().hex[:8]}")
+            os.rename(final, aside)
         os.rename(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and not os.path.exists(final):
+            os.rename(aside, final)  # the new copy never took the name: the old one takes it back
         raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     return final
 
 
@@ -169,24 +184,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def step_of_dir(path: str) -> int | None:
+    """The step a checkpoint directory's name says (`step_*` or a copy set aside), else None."""
+    name = os.path.basename(os.path.normpath(path))
+    match = _STEP_DIR.match(name) or _ASIDE_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
 def read_blobs(path: str) -> CheckpointBlobs:
-    """Read a checkpoint directory and verify it; raises CheckpointCorruptError when it does not check out."""
+    """Read a checkpoint directory and verify it; raises CheckpointCorruptError when it does not check out.
+
+    The manifest is checked field by field and its step against the directory's name.
+    """
     manifest_path = os.path.join(path, MANIFEST_FILE)
     if not os.path.exists(manifest_path):
         raise CheckpointCorruptError(f"{path}: no {MANIFEST_FILE}")
-    try:
-        with open(manifest_path, "rb") as handle:
-            manifest = json.loads(handle.read())
-    except json.JSONDecodeError as error:
-        raise CheckpointCorruptError(f"{path}: unreadable {MANIFEST_FILE}: {error}") from None
+    with open(manifest_path, "rb") as handle:
+        manifest = parse_manifest(handle.read(), source=manifest_path, expected_step=step_of_dir(path))
     files = {}
-    for name in manifest.get("files", {}):
+    for name in manifest["files"]:  # only the format's own file names: validated above
         file_path = os.path.join(path, name)
         if not os.path.exists(file_path):
             raise CheckpointCorruptError(f"{path}: {name} is missing")
         with open(file_path, "rb") as handle:
             files[name] = handle.read()
-    blobs = CheckpointBlobs(step=int(manifest["step"]), files=files, manifest=manifest)
+    blobs = CheckpointBlobs(step=manifest["step"], files=files, manifest=manifest)
     verify(blobs)
     return blobs
 
@@ -197,6 +219,44 @@ def list_steps(root: str) -> list[int]:
         return []
     steps = [int(match.group(1)) for name in os.listdir(root) if (match := _STEP_DIR.match(name))]
     return sorted(steps, reverse=True)
+
+
+def _aside_dirs(root: str) -> list[tuple[int, str]]:
+    """(step, path) of copies set aside, most recently set aside first."""
+    found = [(int(match.group(1)), os.path.join(root, name)) for name in os.listdir(root)
+             if (match := _ASIDE_DIR.match(name))]
+    return sorted(found, key=lambda item: _mtime_or_zero(item[1]), reverse=True)
+
+
+def _mtime_or_zero(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except FileNotFoundError:  # removed by a writer since the listing
+        return 0.0
+
+
+def list_checkpoint_dirs(root: str) -> list[tuple[int, str]]:
+    """(step, path) of every checkpoint under root, newest step first (not yet verified).
+
+    A step's committed `step_*` directory, or, when a crash mid re-save left none, its copy set aside.
+    """
+    if not os.path.isdir(root):
+        return []
+    found = {step: os.path.join(root, step_dir_name(step)) for step in list_steps(root)}
+    for step, path in _aside_dirs(root):
+        found.setdefault(step, path)
+    return sorted(found.items(), reverse=True)
+
+
+def remove_superseded_aside_dirs(root: str) -> list[str]:
+    """Delete copies set aside that are no checkpoint's only copy (a crash after the new copy took the name)."""
+    if not os.path.isdir(root):
+        return []
+    in_use = {path for _, path in list_checkpoint_dirs(root)}
+    removed = [path for _, path in _aside_dirs(root) if path not in in_use]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def remove_stale_temp_dirs(root: str, older_than_s: float) -> list[str]:

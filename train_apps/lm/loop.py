@@ -138,7 +138,7 @@ def train_loop_per_worker(config: dict) -> dict:
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(cfg.model)
     ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.keep_checkpoints, replicate=cfg.replicate_checkpoints)
-    restored = ckpt.latest()
+    restored = ckpt.latest_agreed()  # every rank resumes from the same step (a collective)
     start_step = 0
     if restored is not None:
         start_step, state, metadata = restored
