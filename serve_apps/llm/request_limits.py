@@ -41,10 +41,13 @@ def checkpoint_max_model_len(model_source: str, engine_kwargs: dict[str, Any]) -
 
 
 def _text_chars(content: Any) -> int:
+    """Characters of text (content parts count their text); JSON structures (tools, documents) as serialized."""
     if content is None:
         return 0
     if isinstance(content, str):
         return len(content)
+    if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        return sum(len(part["text"]) if isinstance(part.get("text"), str) else 0 for part in content)
     return len(json.dumps(content, ensure_ascii=False))
 
 

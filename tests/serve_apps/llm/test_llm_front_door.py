@@ -272,3 +272,28 @@ def test_the_ingress_queue_is_bounded_and_answers_429():
     assert default["backpressure_config"].retry_after_s >= 1
     tuned = LLMServingArgs(llm_configs=[{"model_source": "/m/a"}], ingress_deployment_config={"max_queued_requests": 3})
     assert ingress_deployment_options(tuned)["max_queued_requests"] == 3
+
+
+def test_prompt_bounds_are_told_by_length_alone(tmp_path):
+    from serve_apps.llm.errors import OpenAIError
+    from serve_apps.llm.protocol import ChatCompletionRequest, CompletionRequest
+    from serve_apps.llm.request_limits import check_prompt_size, checkpoint_max_model_len, find_lone_surrogate
+
+    limit = 100 * MAX_CHARS_PER_TOKEN
+    check_prompt_size(CompletionRequest(model="m", prompt="a" * limit), 100)
+    check_prompt_size(CompletionRequest(model="m", prompt="a" * 10**6), None)  # context unknown: the replica decides
+    with pytest.raises(OpenAIError, match=f"at most {limit} characters"):
+        check_prompt_size(CompletionRequest(model="m", prompt="a" * (limit + 1)), 100)
+    parts = [{"type": "text", "text": "b" * (limit // 2)}] * 2
+    check_prompt_size(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": parts}]), 100)
+    with pytest.raises(OpenAIError) as error:
+        check_prompt_size(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": parts + parts}]), 100)
+    assert error.value.param == "messages" and error.value.status_code == 400
+    with pytest.raises(OpenAIError, match="100 tokens"):
+        check_prompt_size(CompletionRequest(model="m", prompt=[1] * 100), 100)
+    assert find_lone_surrogate({"messages": [{"content": "ok"}, {"content": "x\ud800"}]}) == "messages.1.content"
+    assert find_lone_surrogate({"prompt": "héllo 🙂"}) is None
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 4096}')
+    assert checkpoint_max_model_len(str(tmp_path), {}) == 4096
+    assert checkpoint_max_model_len(str(tmp_path), {"max_model_len": 512}) == 512
+    assert checkpoint_max_model_len(str(tmp_path / "elsewhere"), {}) is None
