@@ -55,6 +55,10 @@ class KVTransport(ABC):
     def release(self, handle: KVHandle) -> None:
         """Free the transported copy; call once the package is in the decode cache (or abandoned)."""
 
+    @abstractmethod
+    def sweep(self, max_age_s: float) -> int:
+        """Release every package received more than `max_age_s` ago and still live; returns how many."""
+
 
 @dataclass(kw_only=True, slots=True)
 class ObjectStoreTransportConfig:
@@ -81,7 +85,7 @@ class ObjectStoreTransport(KVTransport):
     def __init__(self, config: ObjectStoreTransportConfig | None = None):
         self.config = config or ObjectStoreTransportConfig()
         self._inflight = asyncio.Semaphore(self.config.max_inflight_transfers)
-        self._live: dict[str, KVHandle] = {}
+        self._live: dict[str, tuple[KVHandle, float]] = {}  # key -> (handle, monotonic time received)
 
     @property
     def num_live_handles(self) -> int:
@@ -104,7 +108,7 @@ class ObjectStoreTransport(KVTransport):
             start = time.perf_counter()
             package = await handle.payload
             pull_s = time.perf_counter() - start
-        self._live[self._key(handle)] = handle
+        self._live[self._key(handle)] = (handle, time.monotonic())
         stats = TransferStats(
             kv_bytes=handle.kv_bytes, put_s=handle.put_s, pull_s=pull_s, handoff_s=max(0.0, time.time() - handle.created_at_s)
         )
@@ -115,6 +119,13 @@ class ObjectStoreTransport(KVTransport):
         # replica, which kept none) to delete the object at once.
         self._live.pop(self._key(handle), None)
         handle.payload = None
+
+    def sweep(self, max_age_s: float) -> int:
+        cutoff = time.monotonic() - max_age_s
+        stale = [handle for handle, received_s in self._live.values() if received_s < cutoff]
+        for handle in stale:
+            self.release(handle)
+        return len(stale)
 
     @staticmethod
     def _key(handle: KVHandle) -> str:

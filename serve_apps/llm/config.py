@@ -39,19 +39,23 @@ DEPLOYMENT_OPTION_KEYS = frozenset(
     }
 )
 
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+# A replica being stopped (scale-down, redeploy) first drains its running requests for up to this long; a request
+# runs at most request_timeout_s, so a drain this long never cuts a stream (Serve's own default is 20 s).
+SHUTDOWN_DRAIN_MARGIN_S = 30.0
 DEFAULT_DEPLOYMENT_OPTIONS: dict[str, Any] = {
     "num_replicas": 1,
     "ray_actor_options": {"num_cpus": 0.5},
     "max_ongoing_requests": 32,
     "max_queued_requests": 64,
     "health_check_period_s": 2.0,
-    "graceful_shutdown_timeout_s": 5.0,
+    "graceful_shutdown_timeout_s": DEFAULT_REQUEST_TIMEOUT_S + SHUTDOWN_DRAIN_MARGIN_S,
 }
 INGRESS_DEFAULT_OPTIONS: dict[str, Any] = {
     "num_replicas": 1,
     "ray_actor_options": {"num_cpus": 0.25},
     "max_ongoing_requests": 512,
-    "graceful_shutdown_timeout_s": 5.0,
+    "graceful_shutdown_timeout_s": DEFAULT_REQUEST_TIMEOUT_S + SHUTDOWN_DRAIN_MARGIN_S,
 }
 
 
@@ -80,6 +84,9 @@ class KVTransferConfig(BaseModel):
     max_inflight_transfers: int = Field(8, ge=1)
     min_prompt_tokens: int = Field(32, ge=0, description="shorter prompts are prefilled on decode")
     prefill_timeout_s: float = Field(30.0, gt=0, description="after this, decode prefills locally")
+    kv_handle_timeout_s: float = Field(120.0, gt=0, description="a pulled KV package not in the decode cache after "
+                                                               "this long is released (a backstop; every path "
+                                                               "releases its own)")
 
 
 class LLMConfig(BaseModel):
@@ -91,6 +98,9 @@ class LLMConfig(BaseModel):
                                           "resolved offline from the local Hugging Face cache")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_waiting_requests: int = Field(64, ge=1, description="per-replica queue bound; beyond it 429")
+    request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0,
+                                     description="a request running longer (from its arrival at the replica) is "
+                                                 "aborted, its KV blocks freed, and the client gets a 408")
     num_threads: int | None = Field(1, ge=1, description="engine threads per replica (engine_kwargs wins)")
     deployment_config: dict[str, Any] = Field(default_factory=dict, description="colocated LLMServer")
     prefill_deployment_config: dict[str, Any] = Field(default_factory=dict)
@@ -151,6 +161,14 @@ class LLMConfig(BaseModel):
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
             raise ValueError("enable_auto_tool_choice (--enable-auto-tool-choice) needs tool_call_parser "
                              f"(--tool-call-parser, one of {TOOL_CALL_PARSERS})")
+        return self
+
+    @model_validator(mode="after")
+    def _drain_running_requests_on_shutdown(self) -> LLMConfig:
+        # Unless set, a stopping replica waits as long as its longest request may run.
+        drain_s = self.request_timeout_s + SHUTDOWN_DRAIN_MARGIN_S
+        for options in (self.deployment_config, self.prefill_deployment_config, self.decode_deployment_config):
+            options.setdefault("graceful_shutdown_timeout_s", drain_s)
         return self
 
     @model_validator(mode="after")

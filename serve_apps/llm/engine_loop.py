@@ -1,7 +1,8 @@
 """Run an LLMEngine inside a Serve replica: one thread steps it, each request reads an asyncio queue.
 
 The engine is synchronous and not thread-safe, so every call into it happens on the stepping
-thread; the replica's event loop only enqueues commands and awaits per-request queues.
+thread; the replica's event loop only enqueues commands and awaits per-request queues. A request
+with a deadline is aborted (its blocks freed) when the deadline passes before it finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import Any
 from serve_apps.llm.errors import OpenAIError
 
 logger = logging.getLogger(__name__)
+
+
+class RequestDeadlineExceeded(TimeoutError):
+    """A request ran past its deadline; the engine has been told to abort it."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -60,14 +65,14 @@ class AsyncEngine:
         *,
         kv_package: Any = None,
         on_added: Callable[[], None] | None = None,
+        deadline_s: float | None = None,
+        admitted: bool = False,
     ) -> AsyncIterator[Any]:
-        """Yield RequestOutputs until finished; leaving early (cancel, disconnect) aborts the request."""
-        waiting = self._last_stats.get("num_waiting", 0) + sum(isinstance(c, _Add) for c in self._commands)
-        if waiting >= self.max_waiting_requests:
-            raise OpenAIError(
-                f"server overloaded: {waiting} requests waiting", status_code=429, code="overloaded",
-                retry_after_s=1.0,
-            )
+        """Yield RequestOutputs until finished; leaving early (cancel, disconnect) or passing `deadline_s` (on
+        the running loop's clock, `loop.time()`) aborts the request. `admitted`: the caller already passed
+        `check_capacity` for it (decode checks before its remote prefill, so a pulled package is never refused)."""
+        if not admitted:
+            self.check_capacity()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         add = _Add(
@@ -82,7 +87,14 @@ class AsyncEngine:
         finished = False
         try:
             while True:
-                item = await queue.get()
+                if deadline_s is None:
+                    item = await queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout_at(deadline_s):
+                            item = await queue.get()
+                    except TimeoutError:
+                        raise RequestDeadlineExceeded(request_id) from None
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
@@ -95,6 +107,16 @@ class AsyncEngine:
                 self.abort(request_id)
             with self._lock:
                 self._queues.pop(request_id, None)
+
+    def check_capacity(self, num_reserved: int = 0) -> None:
+        """Raise a 429 when the waiting bound is reached (`num_reserved`: requests admitted but not yet added)."""
+        waiting = (self._last_stats.get("num_waiting", 0) + sum(isinstance(c, _Add) for c in self._commands)
+                   + num_reserved)
+        if waiting >= self.max_waiting_requests:
+            raise OpenAIError(
+                f"server overloaded: {waiting} requests waiting", status_code=429, code="overloaded",
+                retry_after_s=1.0,
+            )
 
     def abort(self, request_id: str) -> None:
         with self._lock:

@@ -3,7 +3,10 @@
 Decode orchestrates, as in Ray Serve LLM: it asks a prefill replica for the first token and the
 request's packed KV (left in the object store), streams that token at once, pulls the KV into its
 own paged cache and decodes the rest. Short prompts, n > 1, and any prefill failure or timeout
-take the local path (decode prefills itself), so the client never sees the difference.
+take the local path (decode prefills itself), so the client never sees the difference; so does a
+prefill replica running other weights (fingerprint mismatch) or a lost KV object, after the first
+token. Decode admits a request (its waiting bound) before the remote prefill, and every path
+releases a pulled KV package.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class PDPrefillServer(LLMServer):
             "finish_reason": completion.finish_reason,
             "num_cached_tokens": final.num_cached_tokens,
             "kv": handle,
+            "model_fingerprint": self.model_fingerprint,
         }
 
 
@@ -76,6 +80,7 @@ class PDDecodeServer(LLMServer):
         self._handoff_slots = asyncio.Semaphore(self.kv_config.max_inflight_transfers)
         self.num_remote_prefills = 0
         self.num_local_prefills = 0
+        self._num_reserved = 0  # admitted requests between check_capacity and the engine's queue
         self.recent_transfers: collections.deque[dict[str, float]] = collections.deque(maxlen=256)
 
     async def engine_stats(self) -> dict[str, Any]:
@@ -92,6 +97,11 @@ class PDDecodeServer(LLMServer):
             len(prepared.prompt_token_ids) >= self.kv_config.min_prompt_tokens and prepared.params.n == 1
         )
 
+    def housekeeping(self) -> None:
+        swept = self.transport.sweep(self.kv_config.kv_handle_timeout_s)
+        if swept:
+            logger.warning("released %d KV packages not consumed within kv_handle_timeout_s", swept)
+
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[dict[str, Any]]:
         start_s = time.perf_counter()
         tracker = self.new_tracker(prepared)
@@ -100,59 +110,86 @@ class PDDecodeServer(LLMServer):
             async for chunk in self.stream_engine(prepared, tracker, start_s):
                 yield chunk
             return
-        # The slot bounds handoffs in flight: KV objects waiting in the store for this replica.
-        async with self._handoff_slots:
-            result = await self._remote_prefill(prepared)
-            if result is None:
-                self.num_local_prefills += 1
-                async for chunk in self.stream_engine(prepared, tracker, start_s):
-                    yield chunk
-                return
-            self.num_remote_prefills += 1
-            first_token_s = time.perf_counter()
-            first = tracker.chunk(_FirstOutput(result))
-            if first is not None:
-                if prepared.prompt_text is not None:
-                    first["prompt_text"] = prepared.prompt_text
-                    prepared.prompt_text = None
-                yield first
-            handle: KVHandle | None = result.pop("kv")
-            if handle is None:  # the first token already ended the request
-                self.metrics.observe_request(
-                    ttft_s=first_token_s - start_s, e2e_s=first_token_s - start_s,
-                    num_prompt_tokens=tracker.num_prompt_tokens, num_output_tokens=tracker.num_output_tokens,
-                    finish_reason=result["finish_reason"],
-                )
-                return
-            try:
-                package, transfer = await self.transport.receive(handle)
-            except Exception as exc:  # the owner died or the object was lost: continue locally
-                logger.warning("KV pull for %s failed (%s); decoding locally", prepared.request_id, exc)
+        # Admission before the remote prefill: a request this replica would refuse (429) costs no prefill and
+        # leaves no KV behind. It holds a reservation until it reaches the engine's queue.
+        self.engine.check_capacity(self._num_reserved)
+        self._num_reserved += 1
+        reserved = True
+        handle: KVHandle | None = None
+        try:
+            # The slot bounds handoffs in flight: KV objects waiting in the store for this replica.
+            async with self._handoff_slots:
+                result = await self._remote_prefill(prepared)
+                if result is None:
+                    self.num_local_prefills += 1
+                    self._num_reserved -= 1
+                    reserved = False
+                    async for chunk in self.stream_engine(prepared, tracker, start_s, admitted=True):
+                        yield chunk
+                    return
+                handle = result.pop("kv")
+                self.num_remote_prefills += 1
+                first_token_s = time.perf_counter()
+                first = tracker.chunk(_FirstOutput(result))
+                if first is not None:
+                    if prepared.prompt_text is not None:
+                        first["prompt_text"] = prepared.prompt_text
+                        prepared.prompt_text = None
+                    yield first
+                if handle is None:  # the first token already ended the request
+                    self.metrics.observe_request(
+                        ttft_s=first_token_s - start_s, e2e_s=first_token_s - start_s,
+                        num_prompt_tokens=tracker.num_prompt_tokens, num_output_tokens=tracker.num_output_tokens,
+                        finish_reason=result["finish_reason"],
+                    )
+                    return
+                fallback = None
+                if result.get("model_fingerprint", self.model_fingerprint) != self.model_fingerprint:
+                    logger.warning("prefill of %s ran another model (fingerprint %s, here %s); decoding locally",
+                                   prepared.request_id, result.get("model_fingerprint"), self.model_fingerprint)
+                    fallback = "fingerprint_mismatch"
+                else:
+                    try:
+                        package, transfer = await self.transport.receive(handle)
+                    except Exception as exc:  # the owner died or the object was lost: continue locally
+                        logger.warning("KV pull for %s failed (%s); decoding locally", prepared.request_id, exc)
+                        fallback = "kv_lost"
+                if fallback is None:
+                    self.metrics.observe_transfer(kv_bytes=transfer.kv_bytes, handoff_s=transfer.handoff_s)
+                    self.recent_transfers.append({
+                        "prompt_tokens": len(prepared.prompt_token_ids), "kv_bytes": transfer.kv_bytes,
+                        "put_s": transfer.put_s, "pull_s": transfer.pull_s, "handoff_s": transfer.handoff_s,
+                        "ttft_s": first_token_s - start_s, "at_s": time.time(),
+                    })
+            if fallback is not None:
                 self.transport.release(handle)
-                self.metrics.observe_fallback("kv_lost")
-                continuation = prepared.prompt_token_ids + list(result["token_ids"])
-                prepared.params = dataclasses.replace(
-                    prepared.params, max_tokens=prepared.params.max_tokens - len(result["token_ids"])
+                self.metrics.observe_fallback(fallback)
+                outputs = self._continue_locally(prepared, tracker, start_s, result["token_ids"], first_token_s)
+            else:
+                outputs = self.stream_engine(
+                    prepared, tracker, start_s, kv_package=package, first_token_s=first_token_s,
+                    on_added=lambda: self.transport.release(handle), admitted=True,
                 )
-                tracker.rebase()
-                async for chunk in self.stream_engine(
-                    prepared, tracker, start_s, prompt=continuation, first_token_s=first_token_s,
-                ):
-                    yield chunk
-                return
-            self.metrics.observe_transfer(kv_bytes=transfer.kv_bytes, handoff_s=transfer.handoff_s)
-            self.recent_transfers.append({
-                "prompt_tokens": len(prepared.prompt_token_ids), "kv_bytes": transfer.kv_bytes,
-                "put_s": transfer.put_s, "pull_s": transfer.pull_s, "handoff_s": transfer.handoff_s,
-                "ttft_s": first_token_s - start_s, "at_s": time.time(),
-            })
-        outputs = self.stream_engine(
-            prepared, tracker, start_s, kv_package=package, first_token_s=first_token_s,
-            on_added=lambda: self.transport.release(handle),
-        )
-        del package
-        async for chunk in outputs:
-            yield chunk
+                del package
+            self._num_reserved -= 1  # the first step of `outputs` puts the request in the engine's queue
+            reserved = False
+            async for chunk in outputs:
+                yield chunk
+        finally:
+            if reserved:
+                self._num_reserved -= 1
+            if handle is not None:  # every path (refusal, error, disconnect) frees the pulled package
+                self.transport.release(handle)
+
+    def _continue_locally(
+        self, prepared: PreparedRequest, tracker: Any, start_s: float, first_token_ids: list[int], first_token_s: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Decode from the prompt plus the prefill's first token(s) on this replica (prefilling them here)."""
+        continuation = prepared.prompt_token_ids + list(first_token_ids)
+        prepared.params = dataclasses.replace(prepared.params, max_tokens=prepared.params.max_tokens - len(first_token_ids))
+        tracker.rebase()
+        return self.stream_engine(prepared, tracker, start_s, prompt=continuation, first_token_s=first_token_s,
+                                  admitted=True)
 
     async def _remote_prefill(self, prepared: PreparedRequest) -> dict[str, Any] | None:
         """The prefill replica's answer, or None (after a timeout or failure) to prefill locally."""
@@ -162,8 +199,11 @@ class PDDecodeServer(LLMServer):
             "params": prepared.params,
         }
         response = self.prefill_server.prefill.remote(request)
+        timeout_s = self.kv_config.prefill_timeout_s
+        if prepared.deadline_s is not None:  # never wait past the request's own deadline
+            timeout_s = max(0.0, min(timeout_s, prepared.deadline_s - asyncio.get_running_loop().time()))
         try:
-            return await asyncio.wait_for(response, timeout=self.kv_config.prefill_timeout_s)
+            return await asyncio.wait_for(response, timeout=timeout_s)
         except TimeoutError:
             response.cancel()
             reason = "timeout"

@@ -2,7 +2,9 @@
 
 Colocated mode uses it as is (role "both"); the pd app subclasses it (`pd_server.py`). Errors a
 user caused are yielded as `{"error": ...}` chunks so they reach the ingress as 4xx, not as a
-replica exception.
+replica exception. Templating and tokenizing run on a worker thread (the tokenizer releases the GIL),
+so one big prompt never stalls the event loop that streams other requests; each request runs at
+most `request_timeout_s` from its arrival.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +21,15 @@ import ray
 
 from serve_apps.llm.choice_parsing import ParserSpec
 from serve_apps.llm.config import LLMConfig
-from serve_apps.llm.engine_loop import AsyncEngine
+from serve_apps.llm.engine_loop import AsyncEngine, RequestDeadlineExceeded
 from serve_apps.llm.errors import OpenAIError
 from serve_apps.llm.metrics import ServeMetrics
 from serve_apps.llm.outputs import DeltaTracker
 from serve_apps.llm.protocol import GenerateRequest
 
 logger = logging.getLogger(__name__)
+
+PREPARE_THREADS = 4
 
 
 @dataclass(kw_only=True, slots=True)
@@ -35,6 +40,7 @@ class PreparedRequest:
     num_logprobs: int | None
     prompt_text: str | None
     parsers: ParserSpec
+    deadline_s: float | None = None  # on the replica loop's clock; past it the request is aborted (408)
 
 
 class LLMServer:
@@ -52,6 +58,9 @@ class LLMServer:
             engine_kwargs.setdefault("num_threads", self.llm_config.num_threads)
         engine = LLMEngine(self.llm_config.model_source, role=self.role, **engine_kwargs)
         self.tokenizer = engine.tokenizer
+        self.model_fingerprint = engine.runner.fingerprint
+        # Big prompts tokenize here, not on the event loop; a few threads so one does not delay every other.
+        self._prepare_pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare")
         self.max_model_len = engine.max_model_len
         self.vocab_size = _vocab_size(engine)
         self.generation_defaults = _generation_defaults(self.llm_config)
@@ -84,27 +93,42 @@ class LLMServer:
         }
 
     def __del__(self) -> None:
+        # Serve calls this after draining running requests (up to graceful_shutdown_timeout_s).
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+        pool = getattr(self, "_prepare_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- request path -------------------------------------------------------------------------
 
     async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         self._ensure_metrics_task()
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + self.llm_config.request_timeout_s
         try:
-            prepared = self.prepare(GenerateRequest.model_validate(request))
+            prepared = await loop.run_in_executor(self._prepare_pool, self.prepare, GenerateRequest.model_validate(request))
         except OpenAIError as exc:
             yield exc.to_chunk()
             return
+        prepared.deadline_s = deadline_s
         try:
             async for chunk in self.stream(prepared):
                 yield chunk
         except OpenAIError as exc:
             yield exc.to_chunk()
+        except RequestDeadlineExceeded:
+            yield OpenAIError(
+                f"request ran longer than this model's request_timeout_s ({self.llm_config.request_timeout_s:g} s) "
+                "and was aborted; ask for fewer max_tokens", status_code=408, code="request_timeout",
+            ).to_chunk()
 
     async def tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
         """`/tokenize` (see TokenizeRequest.to_server): {count, max_model_len, tokens[, token_strs]}."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._tokenize, request)
+
+    def _tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             if request["messages"] is not None:
                 text = self._render_chat(GenerateRequest(
@@ -113,9 +137,10 @@ class LLMServer:
                 ), add_generation_prompt=request["add_generation_prompt"])
             else:
                 text = request["prompt"]
+            tokens = self._encode(text, param="messages" if request["messages"] is not None else "prompt",
+                                  add_special_tokens=request["add_special_tokens"])
         except OpenAIError as exc:
             return exc.to_chunk()
-        tokens = list(self.tokenizer.encode(text, add_special_tokens=request["add_special_tokens"]))
         result: dict[str, Any] = {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
         if request["return_token_strs"]:
             result["token_strs"] = [self.tokenizer.decode([t], skip_special_tokens=False) for t in tokens]
@@ -129,11 +154,11 @@ class LLMServer:
         parsers = ParserSpec()
         if request.messages is not None:
             prompt_text = self._render_chat(request)  # the template writes BOS itself, as transformers
-            prompt_ids = list(self.tokenizer.encode(prompt_text, add_special_tokens=False))
+            prompt_ids = self._encode(prompt_text, param="messages", add_special_tokens=False)
             parsers = self._parsers(request, prompt_text, sampling)
         elif isinstance(request.prompt, str):
             prompt_text = request.prompt
-            prompt_ids = list(self.tokenizer.encode(prompt_text))
+            prompt_ids = self._encode(prompt_text, param="prompt")
         else:
             prompt_ids = list(request.prompt or [])
             if self.vocab_size and any(t >= self.vocab_size for t in prompt_ids):
@@ -170,6 +195,12 @@ class LLMServer:
             request_id=request.request_id, prompt_token_ids=prompt_ids, params=params,
             num_logprobs=request.num_logprobs, prompt_text=prompt_text if request.echo else None, parsers=parsers,
         )
+
+    def _encode(self, text: str, *, param: str, add_special_tokens: bool = True) -> list[int]:
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        except ValueError as exc:  # a lone surrogate: valid JSON, not text
+            raise OpenAIError(f"{param}: {exc}", param=param) from None
 
     def _render_chat(self, request: GenerateRequest, add_generation_prompt: bool = True) -> str:
         from runtime.engine.chat_template import ChatTemplateError
@@ -252,6 +283,7 @@ class LLMServer:
         kv_package: Any = None,
         on_added: Any = None,
         first_token_s: float | None = None,
+        admitted: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream engine outputs as delta chunks and record latency metrics for the request."""
         last_s = first_token_s
@@ -259,7 +291,8 @@ class LLMServer:
         first = prepared.prompt_text is not None
         outputs = self.engine.generate(
             prepared.request_id, prompt if prompt is not None else prepared.prompt_token_ids,
-            prepared.params, kv_package=kv_package, on_added=on_added,
+            prepared.params, kv_package=kv_package, on_added=on_added, deadline_s=prepared.deadline_s,
+            admitted=admitted,
         )
         del kv_package
         async for output in outputs:
@@ -290,7 +323,11 @@ class LLMServer:
     async def _publish_metrics(self) -> None:
         while True:
             self.metrics.observe_engine(self.engine.stats())
+            self.housekeeping()
             await asyncio.sleep(1.0)
+
+    def housekeeping(self) -> None:
+        """Called every second on the event loop (the pd decode server sweeps stale KV handles here)."""
 
 
 def _generation_defaults(config: LLMConfig) -> dict[str, Any]:
