@@ -92,7 +92,9 @@ def main() -> None:
     big_prompt = (SENTENCE * (int(args.prompt_mb * 1e6) // len(SENTENCE) + 1))[: int(args.prompt_mb * 1e6)]
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the replica's metrics need a Ray worker
+    from runtime.cluster import connect
+
+    connect(num_cpus=2, include_dashboard=False)  # the replica's metrics need a Ray worker
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(os.path.join(tmp, "tiny"), max_position_embeddings=MAX_MODEL_LEN)
         config = {"model_id": "tiny", "model_source": model, "engine_kwargs": {"max_num_seqs": 4}}

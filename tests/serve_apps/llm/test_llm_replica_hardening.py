@@ -261,9 +261,13 @@ def test_scale_down_lets_running_streams_finish(tiny_model, serve_port):
             threads[-1].start()
             wait_until(lambda: sum(running()) >= len(threads), timeout_s=60)
         assert both_busy(), "the streams never spread over both replicas"
-        serve.run(build(1), name=name, route_prefix="/scale", _blocking=False)
+        redeploy = threading.Thread(target=serve.run, args=(build(1),), kwargs={"name": name, "route_prefix": "/scale"})
+        redeploy.start()  # returns once the app is RUNNING again, which waits for the stopped replica's drain
         for thread in threads:
             thread.join(timeout=300)
+        redeploy.join(timeout=300)
         assert all(isinstance(outcomes.get(i), int) and outcomes[i] > 1000 for i in range(len(threads))), outcomes
     finally:
+        for thread in threads:  # a running stream holds its replica's shutdown for up to request_timeout_s
+            thread.join(timeout=300)
         serve.delete(name)
