@@ -42,6 +42,12 @@ install_error_handlers(app)
 _RETRYABLE = (RayActorError, DeploymentUnavailableError)
 
 
+# Module globals the endpoints use are defined above the class: serve.ingress pickles the app, and with it the
+# endpoints' globals, when the class is decorated; a name defined below it would be missing in the replica.
+def _overloaded() -> OpenAIError:
+    return OpenAIError("server overloaded; retry later", status_code=429, code="overloaded", retry_after_s=1.0)
+
+
 @serve.ingress(app)
 class OpenAiIngress:
     def __init__(
@@ -193,6 +199,3 @@ class OpenAiIngress:
             if not completed:  # client went away: cancel downstream so the engine frees its blocks
                 stream.cancel()
 
-
-def _overloaded() -> OpenAIError:
-    return OpenAIError("server overloaded; retry later", status_code=429, code="overloaded", retry_after_s=1.0)
