@@ -93,6 +93,7 @@ class PolicyServer:
             "checkpoint": loaded.checkpoint,
             "metadata": loaded.info.metadata,
             "max_points": self._limits.max_points,
+            "replica": serve.get_replica_context().replica_id.unique_id,
         }
 
     async def act(self, observation: dict) -> dict:

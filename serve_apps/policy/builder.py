@@ -6,10 +6,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import ray
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
 
+import runtime.robot.policy
+import serve_apps.policy
 from runtime.cluster import cluster_cpus
 from runtime.placement_fit import ClusterCpus, ReplicaGroup, fit_replicas
 from serve_apps.policy.access import check_api_key_text, resolve_api_key
@@ -66,13 +71,35 @@ def build_policy_app(args: PolicyAppArgs | dict) -> serve.Application:
         ray_actor_options={"num_cpus": args.num_cpus},
         user_config={"checkpoint": args.checkpoint},
     )
-    limits = ObservationLimits(max_points=args.max_points, max_body_bytes=args.max_body_bytes)
-    return deployment.bind(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
-                           limits=limits, api_key=args.api_key)
+    init_kwargs = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
+                   "limits": ObservationLimits(max_points=args.max_points, max_body_bytes=args.max_body_bytes),
+                   "api_key": args.api_key}
+    deployment = deployment.options(version=replica_code_version(init_kwargs), _internal=True)
+    return deployment.bind(**init_kwargs)
+
+
+def replica_code_version(init_kwargs: dict) -> str:
+    """What a replica runs, short of its checkpoint: the policy code and the constructor's arguments.
+
+    Serve restarts replicas when this changes and applies a user_config change (a checkpoint swap)
+    in place when it does not. Ray 2.60 gives an app deployed from Python a random version on every
+    `serve.run` (the public `version` option was removed), so without this each swap restarted the
+    replicas; with one replica Serve stops the old one before the new one is up, and requests waited
+    for a whole replica start (25-30 s on a loaded 2-CPU machine). Setting the version takes Serve's
+    `_internal` flag on `Deployment.options`.
+    """
+    digest = hashlib.sha256()
+    for package in (serve_apps.policy, runtime.robot.policy):
+        for source in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    # repr of the dataclass and plain values is stable; the key only enters as part of a digest.
+    digest.update(repr(sorted(init_kwargs.items())).encode())
+    return digest.hexdigest()[:16]
 
 
 def deploy_policy(args: PolicyAppArgs, *, app_name: str = "policy", route_prefix: str = "/policy"):
-    """Deploy, or hot-swap a running app to args.checkpoint (only user_config changes: no restart).
+    """Deploy, or hot-swap a running app to args.checkpoint (only user_config changes: no restart, see
+    replica_code_version).
 
     Returns the app's DeploymentHandle once every replica serves the new checkpoint.
     """

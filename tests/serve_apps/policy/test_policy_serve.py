@@ -44,6 +44,15 @@ def test_builder_validates_args():
         build_policy_app({"checkpoint": "x.safetensors", "num_replicas": 0})
 
 
+def test_replica_code_version_changes_with_the_constructor_not_the_checkpoint(tmp_path):
+    first = build_policy_app(PolicyAppArgs(checkpoint=str(tmp_path / "v1"), num_cpus=0.25))
+    swapped = build_policy_app(PolicyAppArgs(checkpoint=str(tmp_path / "v2"), num_cpus=0.25))
+    resized = build_policy_app(PolicyAppArgs(checkpoint=str(tmp_path / "v1"), num_cpus=0.25, max_batch_size=8))
+    keyed = build_policy_app(PolicyAppArgs(checkpoint=str(tmp_path / "v1"), num_cpus=0.25, api_key="k1"))
+    versions = [app._bound_deployment.version for app in (first, swapped, resized, keyed)]
+    assert versions[0] == versions[1] and len(set(versions)) == 3, versions
+
+
 def test_http_and_handle_answer_in_batches(policy_app):
     handle, _, _, url = policy_app
     state = [0.1] * 28
@@ -65,6 +74,7 @@ def test_http_and_handle_answer_in_batches(policy_app):
 
 def test_hot_swap_drops_no_request(policy_app):
     handle, args, second, url = policy_app
+    replica_before = handle.info.remote().result()["replica"]
 
     async def stream(stop: asyncio.Event) -> list[dict]:
         answers = []
@@ -94,4 +104,6 @@ def test_hot_swap_drops_no_request(policy_app):
     for answer in answers:
         expected = math.tanh(0.5 if answer["version"] == "v1" else -0.5)
         assert answer["action"] == pytest.approx([expected] * 4, abs=tanh_tolerance(expected))
-    assert handle.info.remote().result()["version"] == "v2"
+    info = handle.info.remote().result()
+    # Swapped in place: the replica that served v1 serves v2 (a restart would leave a gap of a replica start).
+    assert info["version"] == "v2" and info["replica"] == replica_before
