@@ -105,7 +105,10 @@ class Quarantine:
                 shutil.copy2(path, partial)
             os.replace(partial, target)  # a copy is either whole under its name or not there
         except OSError as error:  # shutil.Error is an OSError too
-            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
             logger.warning("quarantine: could not copy %s to %s: %s", path, target, error)
             return None, f"copy failed: {type(error).__name__}: {error}"
         return str(target), None
