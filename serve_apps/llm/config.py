@@ -193,7 +193,6 @@ class LLMServingArgs(BaseModel):
     enable_docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (off: they answer 404)")
     max_request_body_bytes: int = Field(DEFAULT_MAX_REQUEST_BODY_BYTES, ge=1024,
                                         description="a larger body is a 413 before it is parsed")
-    request_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("ingress_deployment_config")
     @classmethod

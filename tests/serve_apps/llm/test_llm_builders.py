@@ -42,12 +42,12 @@ def test_colocated_yaml_builds_llm_server(monkeypatch):
 
 def test_cli_maps_flags_to_serving_args():
     args = parse_args(["--model", "/m/a", "--model", "/m/b", "--mode", "pd", "--num-prefill", "2",
-                       "--num-decode", "3", "--quantization", "int8", "--api-key", "k"])
+                       "--num-decode", "3", "--quantization", "int8", "--api-key-file", "/run/secrets/key"])
     serving = serving_args(args)
     assert [c.model_id for c in serving.llm_configs] == ["a", "b"]
     assert serving.llm_configs[0].prefill_deployment_config["num_replicas"] == 2
     assert serving.llm_configs[1].decode_deployment_config["num_replicas"] == 3
-    assert serving.llm_configs[0].engine_kwargs == {"quantization": "int8"} and serving.api_key == "k"
+    assert serving.llm_configs[0].engine_kwargs == {"quantization": "int8"} and serving.api_key_file == "/run/secrets/key"
     with pytest.raises(ValueError, match="--num-decode"):
         serving_args(parse_args(["--model", "/m/a", "--num-decode", "0"]))
 
