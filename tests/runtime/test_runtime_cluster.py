@@ -85,6 +85,17 @@ def test_embedded_start_is_retried_once_when_the_node_times_out(monkeypatch):
     def other_failure(**kwargs):
         raise Exception("some other start-up failure")
 
+    calls.clear()
+
+    def dashboard_late(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:  # what Ray raises when its dashboard misses the 60 s window: the log's tail
+            raise Exception("\nThe last 20 lines of /tmp/ray/session_x/logs/dashboard.log (it contains ...): ")
+
+    monkeypatch.setattr(cluster.ray, "init", dashboard_late)
+    cluster._start_embedded(address="local")
+    assert calls == [{"address": "local"}, "shutdown", {"address": "local"}]
+
     monkeypatch.setattr(cluster.ray, "init", other_failure)
     with pytest.raises(Exception, match="some other"):
         cluster._start_embedded(address="local")
