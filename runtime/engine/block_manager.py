@@ -1,17 +1,28 @@
 """Paged KV-cache bookkeeping: block allocation, prefix caching by content hash, LRU eviction.
 
 Pure Python (no torch), so it is tested in microseconds. A block holds the K/V of `block_size`
-consecutive tokens of one sequence. Full, computed blocks are registered under a hash chained over
+consecutive tokens of one sequence. Full, computed blocks are registered under a SHA-256 chained over
 the whole prefix (parent hash + this block's tokens), so a later request with the same prefix reuses
-them (ref counted). Freed blocks keep their content and hash until they are reused: the free queue
-is the LRU list, evicted from the front; blocks without a hash are put at the front (nothing to lose).
+them (ref counted). A cryptographic hash, not Python's hash(): a hit serves another request's KV
+without comparing tokens, and hash() of a tuple of ints is easy to collide on purpose. Freed blocks
+keep their content and hash until they are reused: the free queue is the LRU list, evicted from the
+front; blocks without a hash are put at the front (nothing to lose).
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from runtime.engine.sequence import Sequence
+
+
+def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
+    """SHA-256 of the parent block's hash (None for the first block) and this block's token ids."""
+    digest = hashlib.sha256(b"\x01" + parent if parent is not None else b"\x00")
+    digest.update(array("q", token_ids).tobytes())
+    return digest.digest()
 
 
 class BlockManager:
@@ -22,9 +33,9 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.block_hashes: list[int | None] = [None] * num_blocks
+        self.block_hashes: list[bytes | None] = [None] * num_blocks
         self.free_blocks: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self.cached_blocks: dict[int, int] = {}  # content hash -> block id
+        self.cached_blocks: dict[bytes, int] = {}  # prefix hash (block_hash) -> block id
         self.num_prefix_query_tokens = 0
         self.num_prefix_hit_tokens = 0
 
@@ -51,14 +62,14 @@ class BlockManager:
             return []
         bs = self.block_size
         hits: list[int] = []
-        parent: int | None = None
+        parent: bytes | None = None
         for i in range((seq.num_tokens - 1) // bs):
-            block_hash = hash((parent, tuple(seq.token_ids[i * bs:(i + 1) * bs])))
-            block = self.cached_blocks.get(block_hash)
+            key = block_hash(parent, seq.token_ids[i * bs:(i + 1) * bs])
+            block = self.cached_blocks.get(key)
             if block is None:
                 break
             hits.append(block)
-            parent = block_hash
+            parent = key
         return hits
 
     # -- allocation ------------------------------------------------------------------------------
@@ -124,25 +135,25 @@ class BlockManager:
         num_full = seq.num_computed_tokens // bs
         for i in range(seq.num_hashed_blocks, num_full):
             parent = seq.block_hashes[i - 1] if i else None
-            block_hash = hash((parent, tuple(seq.token_ids[i * bs:(i + 1) * bs])))
-            seq.block_hashes.append(block_hash)
+            key = block_hash(parent, seq.token_ids[i * bs:(i + 1) * bs])
+            seq.block_hashes.append(key)
             block = seq.block_table[i]
-            if block_hash not in self.cached_blocks and self.block_hashes[block] is None:
-                self.cached_blocks[block_hash] = block
-                self.block_hashes[block] = block_hash
+            if key not in self.cached_blocks and self.block_hashes[block] is None:
+                self.cached_blocks[key] = block
+                self.block_hashes[block] = key
         seq.num_hashed_blocks = max(seq.num_hashed_blocks, num_full)
 
     def reset_prefix_cache(self) -> None:
-        for block_hash, block in list(self.cached_blocks.items()):
+        for key, block in list(self.cached_blocks.items()):
             if self.ref_counts[block] == 0:
-                del self.cached_blocks[block_hash]
+                del self.cached_blocks[key]
                 self.block_hashes[block] = None
 
     def _take_free_block(self) -> int:
         block, _ = self.free_blocks.popitem(last=False)
-        block_hash = self.block_hashes[block]
-        if block_hash is not None:
-            del self.cached_blocks[block_hash]
+        key = self.block_hashes[block]
+        if key is not None:
+            del self.cached_blocks[key]
             self.block_hashes[block] = None
         self.ref_counts[block] = 1
         return block
