@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from safetensors import safe_open
@@ -14,6 +15,7 @@ from runtime.engine.models import DecoderModel, resolve_model_class
 
 INDEX_FILE = "model.safetensors.index.json"
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some exporters save; recomputed here
+FINGERPRINT_CHUNK_BYTES = 64 << 20
 
 
 def read_hf_config(model_dir: str) -> dict:
@@ -53,18 +55,41 @@ def checkpoint_files(model_dir: str) -> dict[str, str]:
 
 
 def fingerprint(model_dir: str, files: dict[str, str]) -> str:
-    """Identity of config + weights: config.json, each file's header and a sample of its bytes."""
+    """Identity of config + weights: SHA-256 over config.json and every byte of every weight file.
+
+    A prefill/decode pair compares it before a decode engine continues from a prefill's KV, so it must
+    tell apart checkpoints that differ anywhere (a fine-tune can change one tensor in the middle). Files
+    are hashed in FINGERPRINT_CHUNK_BYTES pieces on threads (hashlib releases the GIL), then the pieces'
+    digests in order."""
+    pieces = []
+    for path in sorted(set(files.values())):
+        size = os.path.getsize(path)
+        pieces += [(path, offset, min(FINGERPRINT_CHUNK_BYTES, size - offset))
+                   for offset in range(0, size, FINGERPRINT_CHUNK_BYTES)] or [(path, 0, 0)]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(pieces), os.cpu_count() or 1, 8))) as pool:
+        chunk_digests = list(pool.map(_hash_piece, pieces))
     digest = hashlib.sha256()
     with open(os.path.join(model_dir, "config.json"), "rb") as f:
         digest.update(f.read())
-    for path in sorted(set(files.values())):
-        size = os.path.getsize(path)
-        digest.update(str(size).encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 16))
-            f.seek(max(size - (1 << 16), 0))
-            digest.update(f.read(1 << 16))
+    for (_, offset, length), chunk_digest in zip(pieces, chunk_digests):
+        digest.update(f"{offset}:{length}:".encode() + chunk_digest)
     return digest.hexdigest()[:32]
+
+
+def _hash_piece(piece: tuple[str, int, int]) -> bytes:
+    path, offset, length = piece
+    digest = hashlib.sha256()
+    buffer = bytearray(min(length, 8 << 20) or 1)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            num_read = f.readinto(view[:min(length, len(buffer))])
+            if not num_read:
+                raise ValueError(f"{path}: file shrank while its fingerprint was taken")
+            digest.update(view[:num_read])
+            length -= num_read
+    return digest.digest()
 
 
 def load_model(model_dir: str, *, dtype: torch.dtype, device: torch.device, max_position: int,
@@ -79,6 +104,16 @@ def load_model(model_dir: str, *, dtype: torch.dtype, device: torch.device, max_
     if missing:
         raise ValueError(f"{model_dir}: checkpoint lacks tensor {missing[0]!r}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    # Hashing every weight byte costs about as much as reading them: run it beside the load, off the GIL.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        pending_fingerprint = background.submit(fingerprint, model_dir, files)
+        _copy_weights(model, files, targets)
+        model.quantize(quantization)
+        model.pack_weights()
+        return model, hf_config, pending_fingerprint.result()
+
+
+def _copy_weights(model: DecoderModel, files: dict[str, str], targets: dict[str, torch.Tensor]) -> None:
     by_file: dict[str, list[str]] = {}
     for name, path in files.items():
         by_file.setdefault(path, []).append(name)
@@ -87,14 +122,11 @@ def load_model(model_dir: str, *, dtype: torch.dtype, device: torch.device, max_
             for name in names:
                 target = targets.get(name)
                 if target is None:
-                    if name.endswith(IGNORED_SUFFIXES) or (name == "lm_head.weight" and args.tie_word_embeddings):
+                    if name.endswith(IGNORED_SUFFIXES) or (name == "lm_head.weight" and model.args.tie_word_embeddings):
                         continue
-                    raise ValueError(f"{path}: unexpected tensor {name!r} for {model_cls.__name__}")
+                    raise ValueError(f"{path}: unexpected tensor {name!r} for {type(model).__name__}")
                 tensor = f.get_tensor(name)
                 if tuple(tensor.shape) != tuple(target.shape):
                     raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                                      f"expected {tuple(target.shape)} from config.json")
                 target.copy_(tensor)
-    model.quantize(quantization)
-    model.pack_weights()
-    return model, hf_config, fingerprint(model_dir, files)
