@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 
 from runtime.engine.llm_engine import LLMEngine
 from runtime.engine.outputs import RequestOutput
-from runtime.engine.sampling_params import SamplingParams
+from runtime.engine.sampling_params import RequestOutputKind, SamplingParams
 
 
 class LLM:
@@ -35,6 +36,10 @@ class LLM:
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"sampling_params has {len(sampling_params)} entries for {len(prompts)} prompts")
+        # Offline callers want whole outputs, once: FINAL_ONLY skips every intermediate output.
+        final_only = {id(p): dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY)
+                      for p in sampling_params}
+        sampling_params = [final_only[id(p)] for p in sampling_params]
         engine = self.llm_engine
         order = {}
         for prompt, params in zip(prompts, sampling_params):

@@ -5,6 +5,9 @@ returns its prompt K/V as a KVPackage; "decode" continues from such a package wi
 the prompt (and prefills plain requests itself, the fallback when a prefill fails). A request with
 structured outputs carries its grammar in SamplingParams; the prefill samples the first token under
 it and the decode engine rebuilds the matcher by replaying that token (structured_outputs.py).
+What step() returns for a request follows its SamplingParams.output_kind: the whole output so far
+(cumulative, the default), only what is new (delta: what a streaming server wants, O(new tokens) per
+step), or one output when it finishes (final_only: what LLM.generate uses).
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ class LLMEngine:
         ready, self._ready = self._ready, []
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            return [self._emit(r) for r in ready]
+            return self._emit_all(ready)
         now = time.time()
         for seq in sched.seqs:
             if seq.request.first_scheduled_time is None:
@@ -164,7 +167,7 @@ class LLMEngine:
                 elif self.role == "prefill":
                     self._package(seq)
         advanced = dict.fromkeys(seq.request for seq in row_seqs)
-        return [self._emit(r) for r in ready] + [self._emit(r) for r in advanced]
+        return self._emit_all(ready + list(advanced))
 
     def _sample_rows(self, sample_seqs: list[Sequence]) -> tuple[list[SampleRow], list[Sequence], list[int]]:
         """One row per sequence; a request with n > 1 forks its children at its first token."""
@@ -199,12 +202,18 @@ class LLMEngine:
             first_token_logprobs=seq.logprobs[-1] if seq.logprobs else None, prompt=request.prompt)
         self.scheduler.finish(seq, None)  # handed over: finished here, the decode engine continues it
 
-    def _emit(self, request: Request) -> RequestOutput:
-        output = self.outputs.make_output(request)
-        if output.finished:
-            self.requests.pop(request.request_id, None)
-            request.kv_package = None
-        return output
+    def _emit_all(self, requests: list[Request]) -> list[RequestOutput]:
+        """The requests' outputs (a FINAL_ONLY request has none until it finishes); forgets finished ones."""
+        outputs = []
+        for request in requests:
+            output = self.outputs.make_output(request)
+            if output is None:
+                continue
+            if output.finished:
+                self.requests.pop(request.request_id, None)
+                request.kv_package = None
+            outputs.append(output)
+        return outputs
 
     # -- introspection ---------------------------------------------------------------------------
 

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass, field
 
 from runtime.engine.structured_outputs import StructuredOutputsParams
 
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
+GREEDY_TEMPERATURE = 1e-5  # below this, sampling is greedy (vLLM's _SAMPLING_EPS): logits / 1e-40 overflow
+
+
+class RequestOutputKind(enum.Enum):
+    """What each RequestOutput of a request carries (vLLM's names).
+
+    CUMULATIVE: the whole output so far, every step (cost grows with the output). DELTA: only the tokens,
+    text and logprobs that are new since the previous output, with their offsets (what a streaming server
+    wants: O(new tokens) per step). FINAL_ONLY: one full output when the request finishes (offline use)."""
+
+    CUMULATIVE = "cumulative"
+    DELTA = "delta"
+    FINAL_ONLY = "final_only"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -30,13 +45,14 @@ class SamplingParams:
     structured_outputs: StructuredOutputsParams | None = None
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (keys may be digit strings)
     allowed_token_ids: list[int] | None = None  # only these tokens may be sampled
+    output_kind: RequestOutputKind | str = RequestOutputKind.CUMULATIVE  # or its value: "delta", "final_only"
     stop_strings: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.temperature < 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0.0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < -1:
@@ -47,8 +63,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {value}")
-        if self.repetition_penalty <= 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0.0:
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
         if self.max_tokens is None or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.logprobs is not None and self.logprobs < 0:
@@ -68,6 +84,7 @@ class SamplingParams:
             raise ValueError(f"structured_outputs must be a StructuredOutputsParams, got "
                              f"{type(self.structured_outputs).__name__}")
         self.logit_bias = _logit_bias(self.logit_bias)
+        self.output_kind = _output_kind(self.output_kind)
         if self.allowed_token_ids is not None:
             if isinstance(self.allowed_token_ids, str | bytes) or not self.allowed_token_ids:
                 raise ValueError(f"allowed_token_ids must be a non-empty list of token ids, got "
@@ -83,11 +100,21 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def _output_kind(value) -> RequestOutputKind:
+    if isinstance(value, RequestOutputKind):
+        return value
+    try:
+        return RequestOutputKind(value)
+    except ValueError:
+        raise ValueError(f"output_kind must be one of {[kind.value for kind in RequestOutputKind]}, "
+                         f"got {value!r}") from None
 
 
 def _token_id(field_name: str, value) -> int:

@@ -34,7 +34,8 @@ class Sequence:
     __slots__ = (
         "seq_id", "index", "request", "token_ids", "num_prompt_tokens", "num_computed_tokens",
         "block_table", "num_hashed_blocks", "block_hashes", "status", "finish_reason", "arrival_order",
-        "output_text", "num_emitted_chars", "num_emitted_tokens", "prefix_offset", "read_offset",
+        "settled_text", "unsettled_text", "num_emitted_parts", "num_emitted_chars", "num_emitted_tokens",
+        "prefix_offset", "read_offset",
         "logprobs", "cumulative_logprob", "pending_kv", "output_token_counts", "matcher",
     )
 
@@ -47,11 +48,16 @@ class Sequence:
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
         self.num_hashed_blocks = 0
-        self.block_hashes: list[int] = []
+        self.block_hashes: list[bytes] = []  # block_manager.block_hash of each full block
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.arrival_order = request.arrival_order
-        self.output_text = ""
+        # Output text in two parts, so a step appends and emits O(new text), never a copy of the whole:
+        # settled chunks no stop string can cut any more, and the unsettled tail (at most the longest stop
+        # string minus one character, plus the newest piece) that one still could. See OutputProcessor.
+        self.settled_text: list[str] = []
+        self.unsettled_text = ""
+        self.num_emitted_parts = 0  # settled chunks already handed out in an output
         self.num_emitted_chars = 0
         self.num_emitted_tokens = 0
         self.prefix_offset = max(num_prompt_tokens - 5, 0)

@@ -1,4 +1,4 @@
-"""Turn the engine's cumulative outputs into the small delta chunks a server replica streams."""
+"""Turn the engine's outputs (delta or cumulative) into the small delta chunks a server replica streams."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ class _ChoiceState:
 
 @dataclass(kw_only=True, slots=True)
 class DeltaTracker:
-    """Per-request cursor over cumulative `CompletionOutput`s (token_ids, text, logprobs).
+    """Per-request cursor over the engine's `CompletionOutput`s (token_ids, text, logprobs).
 
-    Cumulative fields make the deltas exact even when a decode engine re-reports the first token
-    that the prefill replica already streamed.
+    The Serve path asks the engine for delta outputs (`SamplingParams.output_kind="delta"`), which carry only
+    the new part and where it starts in the whole output (`token_offset`, `text_offset`); a cumulative output
+    (or the prefill's first-token answer) starts at 0. Positions make the deltas exact even when a decode
+    engine re-reports the first token that the prefill replica already streamed.
     """
 
     tokenizer: Any
@@ -43,12 +45,13 @@ class DeltaTracker:
         if state is None:
             parser = ChoiceParser(self.parsers) if self.parsers.active else None
             state = self.choices[completion.index] = _ChoiceState(parser=parser)
-        token_ids = list(completion.token_ids)
-        seen_tokens = state.num_tokens - state.base_tokens
-        seen_text = state.text_len - state.base_text_len
-        new_ids = token_ids[seen_tokens:]
+        token_ids = completion.token_ids
         text = completion.text or ""
-        new_text = text[seen_text:]
+        token_start = state.base_tokens + getattr(completion, "token_offset", 0)
+        text_start = state.base_text_len + getattr(completion, "text_offset", 0)
+        seen_tokens = max(0, state.num_tokens - token_start)  # of this output's tokens, already sent
+        new_ids = list(token_ids[seen_tokens:])
+        new_text = text[max(0, state.text_len - text_start):]
         finish_reason = completion.finish_reason
         if not new_ids and not new_text and finish_reason == state.finish_reason:
             return None
@@ -65,8 +68,8 @@ class DeltaTracker:
                 self._logprob_entry(token_id, entry)
                 for token_id, entry in zip(new_ids, completion.logprobs[seen_tokens:])
             ]
-        state.num_tokens = state.base_tokens + len(token_ids)
-        state.text_len = state.base_text_len + max(seen_text, len(text))
+        state.num_tokens = max(state.num_tokens, token_start + len(token_ids))
+        state.text_len = max(state.text_len, text_start + len(text))
         state.finish_reason = finish_reason
         return chunk
 
