@@ -10,11 +10,12 @@ part of the surface. Fields accepted without effect are exactly those in `ACCEPT
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_apps.llm.chat_messages import ChatMessage, ChatTool, NamedToolChoice, ResponseFormat
+from serve_apps.llm.chat_messages import StrictBody as _Body
 from serve_apps.llm.request_limits import find_lone_surrogate
 
 MAX_N = 16
@@ -24,8 +25,6 @@ MAX_LOGIT_BIAS = 100.0
 # Size bounds checked while the body is validated, before anything is tokenized; the prompt as a whole is also
 # bounded by the model's context (request_limits.check_prompt_size) and the body by max_request_body_bytes.
 MAX_MESSAGES = 1024
-MAX_CONTENT_PARTS = 256
-MAX_CONTENT_CHARS = 2**20  # one message's text
 MAX_STOP_CHARS = 256  # one stop sequence
 MAX_TOOLS = 128  # OpenAI's limit
 
@@ -33,15 +32,8 @@ MAX_TOOLS = 128  # OpenAI's limit
 ACCEPTED_WITHOUT_EFFECT = {
     "user": "an end-user id for the provider's abuse monitoring; Strata keeps no per-user state",
 }
-# Fields of assistant messages the official client echoes back (`messages.append(choice.message)`):
-# accepted when empty, a 400 naming them otherwise.
-_ECHOED_NULL_MESSAGE_FIELDS = ("refusal", "annotations", "audio", "function_call")
 STRUCTURED_OUTPUT_KEYS = ("json", "json_object", "regex", "choice", "grammar", "disable_any_whitespace")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class _RequestBody(_Body):
@@ -174,134 +166,6 @@ class CompletionRequest(_SamplingFields):
         if isinstance(value, list) and any(token < 0 for token in value):
             raise ValueError("prompt token ids must be >= 0")
         return value
-
-
-class FunctionCall(_Body):
-    name: str
-    arguments: str | dict[str, Any]
-
-
-class MessageToolCall(_Body):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[MessageToolCall] | None = None
-    tool_call_id: str | None = None
-    reasoning_content: str | None = None
-    refusal: None = None
-    annotations: list[Any] | None = None
-    audio: None = None
-    function_call: None = None
-
-    @field_validator("content")
-    @classmethod
-    def _bounded_content(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
-        if isinstance(value, str) and len(value) > MAX_CONTENT_CHARS:
-            raise ValueError(f"content may be at most {MAX_CONTENT_CHARS} characters, got {len(value)}")
-        if isinstance(value, list) and len(value) > MAX_CONTENT_PARTS:
-            raise ValueError(f"content may have at most {MAX_CONTENT_PARTS} parts, got {len(value)}")
-        return value
-
-    @field_validator("annotations")
-    @classmethod
-    def _no_annotations(cls, value: list[Any] | None) -> None:
-        if value:
-            raise ValueError("message annotations are not supported")
-        return None
-
-    @model_validator(mode="after")
-    def _check_role_fields(self) -> ChatMessage:
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError(f"tool_calls is only allowed on assistant messages, not {self.role}")
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a tool message needs tool_call_id")
-        return self
-
-    def text(self) -> str | None:
-        if self.content is None or isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(f"only text content parts are supported, got type {part.get('type')!r}")
-            parts.append(part["text"])
-        return "".join(parts)
-
-    def for_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: tool-call arguments as objects, as transformers does, and
-        an empty string for the null content of an assistant turn that only calls tools (Qwen3's template
-        reads `message.content` unconditionally)."""
-        content = self.text()
-        message: dict[str, Any] = {"role": self.role, "content": "" if content is None and self.tool_calls else content}
-        for name in ("name", "tool_call_id", "reasoning_content"):
-            if getattr(self, name) is not None:
-                message[name] = getattr(self, name)
-        if self.tool_calls:
-            message["tool_calls"] = [
-                {"id": call.id, "type": "function",
-                 "function": {"name": call.function.name, "arguments": _arguments_object(call.function.arguments)}}
-                for call in self.tool_calls
-            ]
-        return message
-
-
-def _arguments_object(arguments: str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"tool call arguments must be a JSON object, got {arguments[:80]!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"tool call arguments must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-class FunctionDefinition(_Body):
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class ChatTool(_Body):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(_Body):
-    name: str
-
-
-class NamedToolChoice(_Body):
-    type: Literal["function"]
-    function: NamedFunction
-
-
-class JsonSchemaFormat(_Body):
-    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(_Body):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-    @model_validator(mode="after")
-    def _schema_with_type(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("type json_schema needs json_schema")
-        if self.type != "json_schema" and self.json_schema is not None:
-            raise ValueError(f"json_schema is only allowed with type json_schema, not {self.type}")
-        return self
 
 
 class ChatCompletionRequest(_SamplingFields):

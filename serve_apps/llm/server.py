@@ -25,6 +25,7 @@ from serve_apps.llm.engine_loop import AsyncEngine, RequestDeadlineExceeded
 from serve_apps.llm.errors import OpenAIError
 from serve_apps.llm.metrics import ServeMetrics
 from serve_apps.llm.outputs import DeltaTracker
+from serve_apps.llm.parser_choice import pick_parsers
 from serve_apps.llm.protocol import GenerateRequest
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class LLMServer:
         if request.messages is not None:
             prompt_text = self._render_chat(request)  # the template writes BOS itself, as transformers
             prompt_ids = self._encode(prompt_text, param="messages", add_special_tokens=False)
-            parsers = self._parsers(request, prompt_text, sampling)
+            parsers = pick_parsers(self.llm_config, request, prompt_text, sampling, self.tokenizer.token_to_id)
         elif isinstance(request.prompt, str):
             prompt_text = request.prompt
             prompt_ids = self._encode(prompt_text, param="prompt")
@@ -186,7 +187,7 @@ class LLMServer:
         try:
             if sampling.get("structured_outputs") is not None:
                 sampling["structured_outputs"] = StructuredOutputsParams(**sampling["structured_outputs"])
-            params = SamplingParams(**sampling, logprobs=request.num_logprobs)
+            params = SamplingParams(**sampling, logprobs=request.num_logprobs, output_kind="delta")  # O(new tokens) per step
             if self.vocab_size:
                 params.check_vocab(self.vocab_size)
         except (ValueError, TypeError) as exc:
@@ -215,51 +216,6 @@ class LLMServer:
             raise OpenAIError(f"the chat template rejected the messages: {exc}", param="messages") from None
         except ValueError as exc:
             raise OpenAIError(str(exc), param="messages") from None
-
-    def _parsers(self, request: GenerateRequest, prompt_text: str, sampling: dict[str, Any]) -> ParserSpec:
-        """Pick the output parsers; a required or named tool choice also constrains decoding to calls."""
-        config = self.llm_config
-        spec = ParserSpec(reasoning_parser=config.reasoning_parser)
-        if spec.reasoning_parser is not None:
-            from serve_apps.llm.reasoning_parsers import prompt_ends_in_thinking
-
-            spec.thinking_in_prompt = prompt_ends_in_thinking(prompt_text)
-        choice = request.tool_choice
-        if not request.tools or choice == "none":
-            return spec
-        if choice == "auto":
-            if not (config.enable_auto_tool_choice and config.tool_call_parser):
-                raise OpenAIError('tool_choice "auto" needs the server started with --enable-auto-tool-choice and '
-                                  "--tool-call-parser (or tool_choice \"required\" or a named function, which "
-                                  "any model serves)", param="tool_choice")
-            strict = [tool["function"]["name"] for tool in request.tools if tool["function"].get("strict")]
-            if strict:
-                raise OpenAIError(f"tools {strict} ask for strict arguments, which only a \"required\" or named "
-                                  'tool_choice enforces (with "auto" the model\'s calls are parsed, not constrained)',
-                                  param="tools")
-            spec.tool_parser = config.tool_call_parser
-            self._keep_marker_tokens(spec.tool_parser, sampling)
-            return spec
-        from serve_apps.llm.tool_grammar import tool_call_grammar, tool_marker_token_ids
-
-        spec.tool_parser = config.tool_call_parser or "hermes"
-        try:
-            grammar = tool_call_grammar(
-                spec.tool_parser, request.tools, choice, request.parallel_tool_calls,
-                marker_token_ids=tool_marker_token_ids(spec.tool_parser, self.tokenizer.token_to_id))
-        except ValueError as exc:
-            raise OpenAIError(str(exc), param="tools") from None
-        sampling["structured_outputs"] = {"grammar": grammar}
-        self._keep_marker_tokens(spec.tool_parser, sampling)
-        return spec
-
-    @staticmethod
-    def _keep_marker_tokens(parser: str, sampling: dict[str, Any]) -> None:
-        """A format whose call marker is a special token (Mistral's [TOOL_CALLS]) must see it in the text."""
-        from serve_apps.llm.tool_parsers import TOOL_PARSERS
-
-        if TOOL_PARSERS[parser].needs_special_tokens:
-            sampling["skip_special_tokens"] = False
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[dict[str, Any]]:
         """Run the request on the local engine (both roles; decode's fallback path)."""
