@@ -182,6 +182,7 @@ def _post(base: str, path: str, body: dict) -> httpx.Response:
                       timeout=120)
 
 
+@pytest.mark.ray_cluster  # starts a Serve app itself (module fixture), not through ray_local
 @pytest.mark.parametrize(("path", "body", "needle"), [
     ("/completions", {"model": "tiny", "prompt": "a \ud800 b", "max_tokens": 2}, "surrogate"),
     ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x\udfffy"}]}, "surrogate"),
@@ -197,6 +198,7 @@ def test_client_errors_are_400s_with_a_clear_message(app, path, body, needle):
     assert error["type"] == "invalid_request_error"
 
 
+@pytest.mark.ray_cluster  # starts a Serve app itself (module fixture), not through ray_local
 def test_request_timeout_aborts_the_request_and_frees_its_blocks(app):
     body = {"model": "short-timeout", "prompt": "the robot", "max_tokens": MAX_MODEL_LEN - 16,
             "extra_body": {"ignore_eos": True}, "temperature": 0}
@@ -221,6 +223,7 @@ def _idle(stats: dict[str, dict]) -> bool:
 # -- item 5: a scale-down lets running streams finish ------------------------------------------------------
 
 
+@pytest.mark.ray_cluster  # starts a Serve app itself (module fixture), not through ray_local
 def test_scale_down_lets_running_streams_finish(tiny_model, serve_port):
     """Streams on both replicas run longer than Serve's old 5 s shutdown budget; the app is redeployed with one
     replica meanwhile. Every stream completes (the stopped replica drains its streams first)."""

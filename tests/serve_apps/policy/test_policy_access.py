@@ -87,6 +87,7 @@ def keyed_policy(tmp_path_factory):
     serve.delete("policy-keyed-test")
 
 
+@pytest.mark.ray_cluster  # its fixture starts a Serve app itself, not through ray_local
 def test_the_key_is_checked_before_the_body_is_read(keyed_policy):
     handle, url = keyed_policy
     good = {"state": [0.0] * 28}

@@ -16,6 +16,8 @@ from ray.serve.context import _get_global_client
 from serve_apps.policy import PolicyAppArgs, build_policy_app, deploy_policy
 from serve_apps.policy.observation import PolicyRequestError
 
+pytestmark = pytest.mark.ray_cluster  # every test here serves through a Serve app its fixtures start
+
 APP = "policy-unloaded-test"
 ROUTE = "/policy-unloaded-test"
 BATCH = 8
