@@ -21,6 +21,8 @@ import torch
 from runtime.elastic.progress import report_event, report_step
 from runtime.health.taxonomy import FaultClass
 
+_ASIDE_SUFFIX = ".aside"
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -37,31 +39,58 @@ def save_checkpoint(directory: str, step: int, state: dict) -> None:
         file.write(data)
     with open(os.path.join(tmp, "manifest.json"), "w") as file:
         json.dump({"step": step, "files": {"state.pt": _sha256(data)}}, file)
-    if os.path.exists(final):  # re-saving a step after resuming past a corrupt copy of it
-        shutil.rmtree(final)
+    aside = final + _ASIDE_SUFFIX
+    if os.path.exists(final):  # re-saving a step after resuming past a corrupt copy of it: set the old one aside,
+        shutil.rmtree(aside, ignore_errors=True)  # so a kill before the rename below still leaves this step
+        os.replace(final, aside)
     os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
     for old in sorted(glob.glob(os.path.join(directory, "step_*[0-9]")))[:-3]:
-        for name in os.listdir(old):
-            os.remove(os.path.join(old, name))
-        os.rmdir(old)
+        shutil.rmtree(old)
+
+
+def _checkpoint_dirs(directory: str) -> list[tuple[int, str]]:
+    """(step, path), newest first: the step directories, and a copy set aside by a re-save that did not finish."""
+    found: dict[int, str] = {}
+    for path in glob.glob(os.path.join(directory, "step_*")):
+        name = os.path.basename(path)
+        digits = name.removeprefix("step_").removesuffix(_ASIDE_SUFFIX)
+        if not digits.isdigit() or name.endswith(".tmp"):
+            continue
+        if name.endswith(_ASIDE_SUFFIX) and int(digits) in found:
+            continue
+        found[int(digits)] = path
+    return sorted(found.items(), reverse=True)
+
+
+def _manifest_problem(manifest: object, step: int) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"manifest is a {type(manifest).__name__}, not an object"
+    if manifest.get("step") != step:
+        return f"manifest step {manifest.get('step')!r} is not the directory's step {step}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(files.get("state.pt"), str):
+        return "manifest has no sha256 for state.pt under 'files'"
+    return None
 
 
 def load_latest_checkpoint(directory: str, report: bool = True) -> tuple[int, dict] | None:
-    for path in sorted(glob.glob(os.path.join(directory, "step_*[0-9]")), reverse=True):
+    for step, path in _checkpoint_dirs(directory):
         try:
-            with open(os.path.join(path, "manifest.json")) as file:
-                manifest = json.load(file)
+            with open(os.path.join(path, "manifest.json"), "rb") as file:
+                manifest = json.loads(file.read())  # bytes: a flipped byte is a ValueError, not a crash
             with open(os.path.join(path, "state.pt"), "rb") as file:
                 data = file.read()
-        except (OSError, json.JSONDecodeError) as error:
+            problem = _manifest_problem(manifest, step)
+        except (OSError, ValueError) as error:
+            problem = str(error)
+        if problem is None and _sha256(data) != manifest["files"]["state.pt"]:
+            problem = "checksum mismatch"
+        if problem is not None:
             if report:
-                report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: {error}")
+                report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: {problem}, using the previous one")
             continue
-        if _sha256(data) != manifest["files"]["state.pt"]:
-            if report:
-                report_event(FaultClass.CHECKPOINT_CORRUPT, f"{path}: checksum mismatch, using the previous one")
-            continue
-        return manifest["step"], torch.load(io.BytesIO(data), weights_only=True)
+        return step, torch.load(io.BytesIO(data), weights_only=True)
     return None
 
 

@@ -36,6 +36,49 @@ def test_checkpoints_keep_three_and_resave_over_a_corrupt_copy(tmp_path):
     assert load_latest_checkpoint(str(tmp_path), report=False)[0] == 20
 
 
+def _damage_flipped_byte(path: str) -> None:
+    with open(path, "rb") as file:
+        data = bytearray(file.read())
+    data[2] = 0xFF  # not UTF-8
+    with open(path, "wb") as file:
+        file.write(bytes(data))
+
+
+def _damage_wrong_shape(path: str) -> None:
+    with open(path, "w") as file:
+        json.dump({"step": 15}, file)  # no "files"
+
+
+def _damage_other_step(path: str) -> None:
+    with open(path) as file:
+        manifest = json.load(file)
+    with open(path, "w") as file:
+        json.dump({**manifest, "step": 99}, file)
+
+
+@pytest.mark.parametrize("damage", [_damage_flipped_byte, _damage_wrong_shape, _damage_other_step])
+def test_a_damaged_manifest_falls_back_to_the_previous_checkpoint(tmp_path, damage):
+    for step in (10, 15):
+        save_checkpoint(str(tmp_path), step, _state(float(step)))
+    damage(str(tmp_path / "step_00000015" / "manifest.json"))
+    step, state = load_latest_checkpoint(str(tmp_path), report=False)
+    assert step == 10 and torch.equal(state["model"]["weight"], torch.full((4,), 10.0))
+
+
+def test_a_resave_killed_before_its_rename_keeps_the_step(tmp_path, monkeypatch):
+    save_checkpoint(str(tmp_path), 20, _state(20.0))
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed before the new copy took its name")
+
+    monkeypatch.setattr("runtime.chaos.toy_train.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(str(tmp_path), 20, _state(21.0))
+    monkeypatch.undo()
+    step, state = load_latest_checkpoint(str(tmp_path), report=False)
+    assert step == 20 and torch.equal(state["model"]["weight"], torch.full((4,), 20.0))
+
+
 def test_fill_disk_writes_the_quota_marker(tmp_path):
     injected_s = chaos.fill_disk(str(tmp_path / "ckpt"))
     assert abs(injected_s - time.time()) < 5
