@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -159,6 +160,16 @@ def _dashboard_available() -> bool:
         logger.warning("ray dashboard dependencies missing; starting without the dashboard")
         return False
     return True
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether an app bound to `host` is reachable only from this machine (the apps' no-key default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

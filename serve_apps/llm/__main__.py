@@ -31,14 +31,13 @@ The same app from a config file: `serve run cluster_configs/serve/llm_pd.yaml`.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import threading
 from typing import Any
 
 from ray import serve
 
-from runtime.cluster import connect, place
+from runtime.cluster import connect, is_loopback_host, place
 from runtime.placement_fit import ReplicaGroup
 from serve_apps.llm.builder import build_openai_app, build_pd_openai_app
 from serve_apps.llm.config import API_KEY_ENV, REASONING_PARSERS, TOOL_CALL_PARSERS, LLMServingArgs
@@ -165,18 +164,9 @@ def serving_args(args: argparse.Namespace) -> LLMServingArgs:
     return LLMServingArgs(llm_configs=configs, api_key_file=args.api_key_file, enable_docs=args.enable_docs)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
-
-
 def check_exposure(host: str, has_api_key: bool, allow_unauthenticated: bool) -> None:
     """A non-loopback host without a key serves anyone who reaches it: only when asked for by name."""
-    if not has_api_key and not allow_unauthenticated and not is_loopback(host):
+    if not has_api_key and not allow_unauthenticated and not is_loopback_host(host):
         raise ValueError(f"--host {host} without an API key lets anyone who reaches it use the models; export "
                          f"{API_KEY_ENV}=KEY or pass --api-key-file PATH (or --allow-unauthenticated to mean it)")
 

@@ -6,8 +6,9 @@ host other than loopback needs a key unless the operator opts out by name (--all
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
+
+from runtime.cluster import is_loopback_host
 
 API_KEY_ENV = "STRATA_POLICY_API_KEY"
 DEFAULT_HOST = "127.0.0.1"
@@ -35,15 +36,6 @@ def resolve_api_key(*, env_value: str | None, key_file: str | None) -> str | Non
     if env_value is not None:
         return check_api_key_text(env_value, f"${API_KEY_ENV}")
     return None
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost may resolve anywhere
-        return False
 
 
 def check_exposure(*, host: str, api_key: str | None, allow_unauthenticated: bool) -> None:
